@@ -1,0 +1,1 @@
+"""The `cpt` command-line interface (installed as `cpt_cli`)."""

@@ -1,0 +1,46 @@
+"""`cpt eval`: parse options, delegate to cpt.evaluate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cpt.evaluate import EvalRequest, evaluate_target
+from cpt_cli.app import app, command, emit_json, show_metrics
+
+
+@app.command("eval", epilog="""Examples:
+
+  cpt eval runs/pets-coop
+
+  cpt eval runs/pets-coop --data new_photos/ --out runs/pets-coop/new --json
+
+  cpt eval RN50 --data data/pets/test --template 'a photo of a {}, a type of pet.'
+""")
+@command
+def eval_cmd(
+    target: Annotated[str, typer.Argument(help="A run directory, or a backbone (name or checkpoint) for zero-shot.")],
+    data: Annotated[Optional[str], typer.Option(help="Evaluate on this folder / CSV / split JSON instead of the run's test split.")] = None,
+    task: Annotated[Optional[str], typer.Option(help="With --data on a multi-task run: the task the data belongs to.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Where to write the CSVs and report [default: the run, or runs/eval-...].")] = None,
+    template: Annotated[Optional[list[str]], typer.Option(help="Zero-shot template(s) with {} (or 'ensemble').")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto [default: the run's].")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="fp32, fp16 or bf16 [default: the run's].")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Feature cache [default: the run's, $CPT_CACHE or ~/.cache/cpt].")] = None,
+    clip_cache: Annotated[Optional[Path], typer.Option(help="Where OpenAI CLIP weights live [default: ~/.cache/clip].")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars or info messages.")] = False,
+) -> None:
+    """Evaluate a run (accuracy, mean per-class accuracy, macro-F1, per-class table, confusion matrix)."""
+    req = EvalRequest(
+        target=target, data=data, task=task, out=str(out) if out else None, templates=list(template or []) or None,
+        device=device, precision=precision, cache_dir=str(cache_dir) if cache_dir else None,
+        clip_cache=str(clip_cache) if clip_cache else None,
+    )
+    where, metrics = evaluate_target(req)
+    if json_out:
+        emit_json({"out": str(where), "metrics": metrics.to_dict(orient="records")})
+    if not quiet:
+        show_metrics(metrics, f"{target} -> {where}")

@@ -1,0 +1,74 @@
+"""`cpt fit`: parse options, delegate to cpt.fit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cpt.errors import CptError
+from cpt.fit import FitRequest, fit
+from cpt.methods import METHODS
+from cpt_cli.app import app, command, emit_json, show_metrics
+
+DEFAULTS = FitRequest()
+
+
+@app.command("fit", epilog="""Examples:
+
+  cpt fit --method coop --tasks pets=data/pets --shots 16 --seed 1 --backbone RN50 --out runs/pets-coop
+
+  cpt fit --method zeroshot --tasks flowers=data/flowers --templates ensemble --json
+
+  cpt fit --resume runs/pets-coop
+""")
+@command
+def fit_cmd(
+    tasks: Annotated[str, typer.Option(help="Tasks as NAME=PATH[,NAME=PATH...]; PATH is an image folder (train/ [val/] test/ or class folders), a CSV (path,label[,split]) or a CoOp split JSON (SPLIT.json[@IMAGE_ROOT]).")] = "",
+    method: Annotated[str, typer.Option(help=f"One of: {', '.join(METHODS)}.")] = DEFAULTS.method,
+    shots: Annotated[int, typer.Option(help="Training images per class (0 = all).")] = DEFAULTS.shots,
+    seed: Annotated[int, typer.Option(help="Seed of sampling, splits, initialisation and training order.")] = DEFAULTS.seed,
+    backbone: Annotated[str, typer.Option(help="OpenAI CLIP name (RN50, ViT-B/16, ...) or a checkpoint path.")] = DEFAULTS.backbone,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory [default: runs/<method>-<tasks>-<shots>shot-seed<seed>].")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the interrupted run in this directory (its saved options are used).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = DEFAULTS.device,
+    precision: Annotated[str, typer.Option(help="fp32, fp16 or bf16 for the frozen CLIP.")] = DEFAULTS.precision,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs [default: CoOp's, by shots: 50/100/200].")] = None,
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = DEFAULTS.batch_size,
+    lr: Annotated[float, typer.Option(help="SGD learning rate.")] = DEFAULTS.lr,
+    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = DEFAULTS.momentum,
+    weight_decay: Annotated[float, typer.Option(help="SGD weight decay.")] = DEFAULTS.weight_decay,
+    warmup_epochs: Annotated[int, typer.Option(help="Epochs at the constant warm-up rate 1e-5.")] = DEFAULTS.warmup_epochs,
+    n_ctx: Annotated[int, typer.Option(help="Context tokens of a learned prompt.")] = DEFAULTS.n_ctx,
+    ctx_init: Annotated[str, typer.Option(help="Initialise the context from these words (e.g. 'a photo of a'); sets --n-ctx.")] = DEFAULTS.ctx_init,
+    class_specific: Annotated[bool, typer.Option(help="One context per class (CoOp-CS) instead of one per task.")] = DEFAULTS.class_specific,
+    class_token_position: Annotated[str, typer.Option(help="Where the class name goes: end, middle or front.")] = DEFAULTS.position,
+    template: Annotated[Optional[list[str]], typer.Option(help="Zero-shot prompt template with {} for the class (repeatable), or 'ensemble'.")] = None,
+    aug_views: Annotated[int, typer.Option(help="Augmented views cached per training image.")] = DEFAULTS.aug_views,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Feature cache [default: $CPT_CACHE or ~/.cache/cpt].")] = None,
+    clip_cache: Annotated[Optional[Path], typer.Option(help="Where OpenAI CLIP weights are downloaded [default: ~/.cache/clip].")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars or info messages.")] = False,
+) -> None:
+    """Train (or zero-shot build) a classifier per task, then evaluate it on the test split."""
+    if resume is not None:
+        result = fit(FitRequest(out=str(resume)), resume=True)
+    else:
+        if not tasks:
+            raise CptError("Give the tasks to train on with --tasks, e.g. --tasks pets=data/pets (or --resume RUN).")
+        default_out = Path("runs") / f"{method}-{'+'.join(n.split('=')[0] for n in tasks.split(','))}-{shots}shot-seed{seed}"
+        req = FitRequest(
+            method=method, tasks=tasks, out=str(out or default_out), shots=shots, seed=seed, backbone=backbone,
+            device=device, precision=precision, cache_dir=str(cache_dir) if cache_dir else None,
+            clip_cache=str(clip_cache) if clip_cache else None, epochs=epochs, batch_size=batch_size, lr=lr,
+            momentum=momentum, weight_decay=weight_decay, warmup_epochs=warmup_epochs, n_ctx=n_ctx,
+            ctx_init=ctx_init, class_specific=class_specific, position=class_token_position,
+            templates=list(template or []), aug_views=aug_views,
+        )
+        result = fit(req, overwrite=overwrite)
+    if json_out:
+        emit_json(result.summary())
+    if not quiet:
+        show_metrics(result.metrics, f"{result.run} (test)")

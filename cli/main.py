@@ -1,0 +1,10 @@
+"""Entry point of the `cpt` console script: the app with every command registered."""
+
+from cpt_cli import eval as _eval  # noqa: F401  (registers `cpt eval`)
+from cpt_cli import fit as _fit  # noqa: F401  (registers `cpt fit`)
+from cpt_cli.app import app
+
+__all__ = ["app"]
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,189 @@
+"""Backbones: turn `--backbone NAME|PATH` into a frozen CLIP model plus what identifies it.
+
+Every backbone, named or local, goes through OpenAI's `clip.load` (`jit=False`), which
+builds `clip.model.CLIP` from the checkpoint's state dict; geometry (widths, layers, context
+length, RN or ViT) is read from the loaded model, never assumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.error
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import clip
+from clip.model import CLIP
+
+from cpt.errors import CptError
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How images become model input; part of the feature-cache key and of exports."""
+
+    resolution: int
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+    interpolation: str = "bicubic"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Backbone:
+    """A loaded, frozen CLIP model and its identity."""
+
+    model: CLIP
+    spec: str  # what the user asked for: an OpenAI name or a path
+    checksum: str  # sha256 of the checkpoint file
+    device: torch.device
+    precision: str
+    preprocess: Preprocess
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return PRECISIONS[self.precision]
+
+    @property
+    def geometry(self) -> dict:
+        """The model's shape, read from the loaded weights."""
+        m = self.model
+        vit = hasattr(m.visual, "transformer")
+        return {
+            "embed_dim": m.text_projection.shape[1],
+            "text_width": m.transformer.width,
+            "text_layers": m.transformer.layers,
+            "text_heads": m.transformer.resblocks[0].attn.num_heads,
+            "context_length": m.context_length,
+            "vocab_size": m.vocab_size,
+            "vision": "vit" if vit else "resnet",
+            "image_resolution": m.visual.input_resolution,
+        }
+
+    def describe(self) -> dict:
+        """What config.json records about the backbone."""
+        return {
+            "spec": self.spec,
+            "sha256": self.checksum,
+            "device": str(self.device),
+            "precision": self.precision,
+            "geometry": self.geometry,
+            "preprocess": self.preprocess.to_dict(),
+        }
+
+
+def default_cache_dir() -> Path:
+    """Where OpenAI CLIP weights are downloaded (clip's own default)."""
+    return Path(os.environ.get("CPT_CLIP_CACHE", Path.home() / ".cache" / "clip"))
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` picks CUDA when present; asking for CUDA without one is a user error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CptError(
+            f"--device {device} was asked for, but PyTorch sees no CUDA GPU on this machine. "
+            "Use --device cpu (or auto)."
+        )
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise CptError(f"--device {device!r} is not a device PyTorch knows; use cpu, cuda or auto.") from exc
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _checkpoint_path(spec: str) -> tuple[str, str | None]:
+    """Return (what clip.load should open, the known sha256 if the name carries one)."""
+    if spec in clip.available_models():
+        url = clip.clip._MODELS[spec]
+        return spec, url.split("/")[-2]  # OpenAI's URLs embed the file's sha256
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return str(path), None
+    raise CptError(
+        f"--backbone {spec!r} is neither an OpenAI CLIP name nor an existing checkpoint file. "
+        f"Names: {', '.join(clip.available_models())}; or pass --backbone PATH to a CLIP "
+        "checkpoint (OpenAI JIT archive or state dict)."
+    )
+
+
+def cast_weights(model: CLIP, dtype: torch.dtype) -> CLIP:
+    """Cast the matrix weights to `dtype` and keep norms and embeddings in fp32, as CLIP's
+    own fp16 conversion does (its LayerNorm computes in fp32 and needs fp32 parameters)."""
+    if dtype == torch.float32:
+        return model
+
+    def cast(module: nn.Module) -> None:
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            module.weight.data = module.weight.data.to(dtype)
+            if module.bias is not None:
+                module.bias.data = module.bias.data.to(dtype)
+        if isinstance(module, nn.MultiheadAttention):
+            for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight", "in_proj_bias", "bias_k", "bias_v"):
+                tensor = getattr(module, name)
+                if tensor is not None:
+                    tensor.data = tensor.data.to(dtype)
+        for name in ("text_projection", "proj"):
+            tensor = getattr(module, name, None)
+            if isinstance(tensor, torch.Tensor):
+                tensor.data = tensor.data.to(dtype)
+
+    model.apply(cast)
+    return model
+
+
+def load_backbone(
+    spec: str, device: str = "cpu", precision: str = "fp32", cache_dir: str | Path | None = None
+) -> Backbone:
+    """Load a frozen CLIP model by OpenAI name (downloaded once into `cache_dir`) or from a file."""
+    if precision not in PRECISIONS:
+        raise CptError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}.")
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    target, known_sha = _checkpoint_path(spec)
+    dev = resolve_device(device)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model, _ = clip.load(target, device="cpu", jit=False, download_root=str(cache))
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+        raise CptError(
+            f"Could not download CLIP {spec!r}: no network ({exc}). cpt looks for its weights in "
+            f"{cache / Path(clip.clip._MODELS[spec]).name}; copy the file there (or set "
+            "--cache-dir), or pass a local checkpoint with --backbone PATH."
+        ) from exc
+    except Exception as exc:  # a corrupt file can fail in many ways (pickle, zip, shapes)
+        raise CptError(
+            f"Could not load {target} as a CLIP checkpoint ({type(exc).__name__}: {exc}). "
+            "Pass an OpenAI CLIP JIT archive or a state dict of clip.model.CLIP."
+        ) from exc
+    sha = known_sha or file_sha256(Path(target))
+    model = cast_weights(model.float(), PRECISIONS[precision]).to(dev).eval()
+    model.requires_grad_(False)
+    return Backbone(
+        model=model,
+        spec=spec,
+        checksum=sha,
+        device=dev,
+        precision=precision,
+        preprocess=Preprocess(resolution=model.visual.input_resolution),
+    )

@@ -1,0 +1,163 @@
+"""`cpt eval`: frozen classifiers applied to cached test features, written as CSV + report.
+
+Text features of a finished prompt are computed once per evaluation (each method's
+`classifiers()`), then every test image costs one matrix product.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from cpt import data as D
+from cpt import run as R
+from cpt.backbone import load_backbone
+from cpt.console import log
+from cpt.errors import CptError
+from cpt.features import FeatureCache
+from cpt.io import write_csv
+from cpt.methods import Classifier, build_method
+from cpt.metrics import TaskPredictions, metrics_frame, per_class_frame, predictions_frame
+from cpt.report import write_single_label_report
+
+
+@dataclass
+class EvalSet:
+    """One task's evaluation images as cached features."""
+
+    task: str
+    classnames: list[str]
+    features: torch.Tensor  # (n, dim)
+    labels: torch.Tensor  # (n,)
+    paths: list[str]
+
+
+def test_set(task: D.Task, cache: FeatureCache, split: str = "test") -> EvalSet:
+    """Cached features of a task's split, without images that failed to decode."""
+    samples = task.splits[split]
+    feats = cache.features([s.path for s in samples], None, f"{task.name}: {split}")
+    keep = [i for i, s in enumerate(samples) if str(s.path) not in cache.stats.failed]
+    if not keep:
+        raise CptError(f"Task {task.name!r} has no readable {split} image (see skipped.csv).")
+    labels = torch.tensor([samples[i].label for i in keep], dtype=torch.long)
+    return EvalSet(task.name, task.classnames, feats[keep], labels, [str(samples[i].path) for i in keep])
+
+
+@torch.no_grad()
+def evaluate(classifiers: list[Classifier], sets: list[EvalSet]) -> list[TaskPredictions]:
+    """Logits of every evaluation image under its task's classifier."""
+    return [
+        TaskPredictions(s.task, s.classnames, s.labels.numpy(), clf.logits(s.features).numpy(), s.paths)
+        for clf, s in zip(classifiers, sets)
+    ]
+
+
+def write_results(out: Path, preds: list[TaskPredictions], split: str, title: str, details: dict[str, str]) -> pd.DataFrame:
+    """metrics.csv, per_class.csv, predictions.csv and report.md (+ plots) into `out`."""
+    metrics = metrics_frame(preds, split)
+    per_class = pd.concat([per_class_frame(p) for p in preds], ignore_index=True)
+    write_csv(out / "metrics.csv", metrics)
+    write_csv(out / "per_class.csv", per_class)
+    write_csv(out / "predictions.csv", pd.concat([predictions_frame(p) for p in preds], ignore_index=True))
+    write_single_label_report(out, title, preds, metrics, per_class, details)
+    return metrics
+
+
+@dataclass
+class EvalRequest:
+    """Options of `cpt eval`."""
+
+    target: str  # a run directory, or a backbone for zero-shot evaluation
+    data: str | None = None
+    task: str | None = None
+    out: str | None = None
+    templates: list[str] | None = None
+    device: str | None = None
+    precision: str | None = None
+    cache_dir: str | None = None
+    clip_cache: str | None = None
+    seed: int = 1
+
+
+def _eval_task(path: str, name: str, seed: int, classnames: list[str] | None) -> D.Task:
+    """A folder/CSV/JSON as one evaluation task: its test split, or every image if it has no split."""
+    task, skipped = D.load_task(name, path, seed)
+    for s in skipped:
+        log.warning("skipped %s: %s", s.path, s.reason)
+    has_split = (Path(path) / "test").is_dir() or not Path(path).is_dir()
+    samples = task.splits["test"] if has_split else sorted(
+        (s for split in task.splits.values() for s in split), key=lambda s: str(s.path)
+    )
+    if classnames is None:
+        return D.Task(task.name, task.classnames, {"train": [], "val": [], "test": samples}, path, task.title)
+    unknown = [c for c in task.classnames if c not in classnames]
+    if unknown:
+        raise CptError(
+            f"--data {path} has classes the run was not trained on: {', '.join(unknown[:5])}. "
+            f"The run knows: {', '.join(classnames[:10])}{' ...' if len(classnames) > 10 else ''}."
+        )
+    remap = [classnames.index(c) for c in task.classnames]
+    samples = [D.Sample(s.path, remap[s.label]) for s in samples]
+    return D.Task(task.name, classnames, {"train": [], "val": [], "test": samples}, path, task.title)
+
+
+def evaluate_target(req: EvalRequest) -> tuple[Path, pd.DataFrame]:
+    """Evaluate a run (its test split or `--data`) or a backbone zero-shot on `--data`."""
+    is_run = (Path(req.target) / R.CONFIG).exists()
+    if is_run:
+        config = R.read_config(Path(req.target))
+        options = {**config["request"], **({"templates": req.templates} if req.templates else {})}
+        checkpoint = R.load_checkpoint(Path(req.target))
+        if not checkpoint or not checkpoint.get("done"):
+            raise CptError(f"The run {req.target} has not finished training; finish it with `cpt fit --resume {req.target}`.")
+    elif req.data is None:
+        raise CptError(
+            f"{req.target} is not a run directory (no {R.CONFIG}). To evaluate a backbone zero-shot, "
+            "also pass --data FOLDER."
+        )
+    else:
+        options = {"method": "zeroshot", "backbone": req.target, "templates": req.templates or [], "device": "auto", "precision": "fp32"}
+    backbone = load_backbone(
+        options["backbone"], req.device or options["device"], req.precision or options["precision"],
+        req.clip_cache or options.get("clip_cache"),
+    )
+    if is_run and backbone.checksum != config["backbone"]["sha256"]:
+        log.warning("the backbone's checksum differs from the one this run was trained with")
+    cache_dir = req.cache_dir or options.get("cache_dir")
+    cache = FeatureCache(backbone, Path(cache_dir) if cache_dir else None)
+    if is_run:
+        run_tasks = config["tasks"]
+        if req.data is None:
+            tasks = D.tasks_from_frame(pd.read_csv(Path(req.target) / R.SPLITS), run_tasks)
+            index = list(range(len(tasks)))
+        else:
+            names = [t["name"] for t in run_tasks]
+            chosen = req.task or (names[0] if len(names) == 1 else None)
+            if chosen not in names:
+                raise CptError(f"This run has tasks {', '.join(names)}: name the one --data belongs to with --task.")
+            i = names.index(chosen)
+            tasks, index = [_eval_task(req.data, chosen, req.seed, run_tasks[i]["classnames"])], [i]
+        method = build_method(options["method"], backbone, [t["classnames"] for t in run_tasks], options)
+        method.load_state(checkpoint["state"])
+    else:
+        tasks, index = [_eval_task(req.data, Path(req.data).stem or "data", req.seed, None)], [0]
+        method = build_method("zeroshot", backbone, [tasks[0].classnames], options)
+    classifiers = method.classifiers()
+    sets = [test_set(t, cache) for t in tasks]
+    for path, reason in cache.stats.failed.items():
+        log.warning("skipped %s: %s", path, reason)
+    out = Path(req.out) if req.out else (Path(req.target) if is_run and req.data is None else _default_out(req))
+    out.mkdir(parents=True, exist_ok=True)
+    details = {"target": req.target, "method": options["method"], "backbone": options["backbone"], "data": req.data or "the run's test split"}
+    metrics = write_results(out, evaluate([classifiers[i] for i in index], sets), "test", f"cpt eval: {req.target}", details)
+    return out, metrics
+
+
+def _default_out(req: EvalRequest) -> Path:
+    stem = Path(req.data or "data").stem
+    if (Path(req.target) / R.CONFIG).exists():
+        return Path(req.target) / f"eval-{stem}"
+    return Path("runs") / f"eval-{stem}-{Path(req.target.replace('/', '-')).stem}"

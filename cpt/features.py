@@ -1,0 +1,163 @@
+"""Frozen image features, computed once and cached on disk.
+
+The image encoder never trains (by default), so every image is encoded once per view:
+one centre-crop view for evaluation, and a fixed number of augmented views (random resized
+crop + horizontal flip) for training. A cache entry's folder is keyed by the backbone's
+checksum, precision and preprocessing (plus the augmentation recipe), its file name by the
+sha256 of the image bytes; view `i` of an image is drawn from a seed derived from its bytes
+and `i`, so the same views come back whatever the run, order or seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision import transforms as T
+
+from cpt.backbone import Backbone, Preprocess
+from cpt.console import track
+from cpt.io import atomic_path
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """The training views: random resized crop + flip, as CoOp trains."""
+
+    views: int = 8
+    scale: tuple[float, float] = (0.08, 1.0)
+    flip: bool = True
+    seed: int = 0
+
+
+@dataclass
+class CacheStats:
+    """What a feature request cost: images encoded now versus read from the cache."""
+
+    encoded: int = 0
+    cached: int = 0
+    failed: dict[str, str] = field(default_factory=dict)  # path -> reason
+
+
+def default_cache_dir() -> Path:
+    """`$CPT_CACHE` or ~/.cache/cpt."""
+    return Path(os.environ.get("CPT_CACHE", Path.home() / ".cache" / "cpt"))
+
+
+def eval_transform(pre: Preprocess) -> T.Compose:
+    """CLIP's evaluation preprocessing: resize, centre crop, normalise."""
+    return T.Compose(
+        [
+            T.Resize(pre.resolution, interpolation=T.InterpolationMode(pre.interpolation)),
+            T.CenterCrop(pre.resolution),
+            T.ToTensor(),
+            T.Normalize(pre.mean, pre.std),
+        ]
+    )
+
+
+def augment_transform(pre: Preprocess, aug: AugmentSpec) -> T.Compose:
+    """Training view: random resized crop (+ flip), normalise."""
+    steps = [T.RandomResizedCrop(pre.resolution, scale=aug.scale, interpolation=T.InterpolationMode(pre.interpolation))]
+    if aug.flip:
+        steps.append(T.RandomHorizontalFlip())
+    return T.Compose([*steps, T.ToTensor(), T.Normalize(pre.mean, pre.std)])
+
+
+def content_hash(path: Path) -> str:
+    """sha256 of the file's bytes: the cache key of an image, wherever it lives."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _key(backbone: Backbone, kind: dict) -> str:
+    blob = json.dumps(
+        {"sha256": backbone.checksum, "precision": backbone.precision, "pre": backbone.preprocess.to_dict(), **kind},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _open_rgb(path: Path) -> Image.Image:
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+class FeatureCache:
+    """Encode images with a frozen backbone, reading and writing the on-disk cache."""
+
+    def __init__(self, backbone: Backbone, root: Path | None = None, batch_size: int = 64) -> None:
+        self.backbone = backbone
+        self.root = Path(root) if root else default_cache_dir()
+        self.batch_size = batch_size
+        self.stats = CacheStats()
+
+    def _folder(self, kind: dict) -> Path:
+        return self.root / "features" / _key(self.backbone, kind)
+
+    def _views(self, path: Path, digest: str, aug: AugmentSpec | None) -> Tensor:
+        """Input tensors (views, 3, H, W) of one image."""
+        image = _open_rgb(path)
+        pre = self.backbone.preprocess
+        if aug is None:
+            return eval_transform(pre)(image).unsqueeze(0)
+        transform = augment_transform(pre, aug)
+        views = []
+        for i in range(aug.views):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(digest[:12], 16) + 1_000_003 * (i + 1) + aug.seed)
+                views.append(transform(image))
+        return torch.stack(views)
+
+    @torch.no_grad()
+    def _encode(self, batch: list[Tensor]) -> list[np.ndarray]:
+        sizes = [b.shape[0] for b in batch]
+        x = torch.cat(batch).to(self.backbone.device, self.backbone.dtype)
+        feats = self.backbone.model.encode_image(x).float().cpu()
+        self.stats.encoded += len(batch)
+        return [f.numpy() for f in feats.split(sizes)]
+
+    def features(self, paths: list[Path], aug: AugmentSpec | None = None, label: str = "Encoding images") -> Tensor:
+        """Features of `paths`: (n, dim) for the eval view, (n, views, dim) with `aug`.
+
+        Unreadable images are recorded in `stats.failed` and get NaN rows; callers drop them.
+        """
+        kind = {"view": "eval"} if aug is None else {"view": "augment", **asdict(aug)}
+        folder = self._folder(kind)
+        out: list[np.ndarray | None] = [None] * len(paths)
+        todo: list[tuple[int, Path, str]] = []
+        for i, path in enumerate(paths):
+            try:
+                digest = content_hash(path)
+            except OSError as exc:
+                self.stats.failed[str(path)] = f"cannot read file: {exc.strerror or exc}"
+                continue
+            cached = folder / digest[:2] / f"{digest}.npy"
+            if cached.exists():
+                out[i] = np.load(cached)
+                self.stats.cached += 1
+            else:
+                todo.append((i, path, digest))
+        batch: list[tuple[int, str, Tensor]] = []
+        for n, (i, path, digest) in enumerate(track(todo, label, total=len(todo))):
+            try:
+                batch.append((i, digest, self._views(path, digest, aug)))
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                self.stats.failed[str(path)] = f"cannot decode image: {exc}"
+            if batch and (len(batch) == self.batch_size or n == len(todo) - 1):
+                for (j, dig, _), feat in zip(batch, self._encode([b[2] for b in batch])):
+                    feat = feat[0] if aug is None else feat
+                    with atomic_path(folder / dig[:2] / f"{dig}.npy") as tmp:
+                        with open(tmp, "wb") as fh:
+                            np.save(fh, feat)
+                    out[j] = feat
+                batch = []
+        dim = self.backbone.geometry["embed_dim"]
+        blank = np.full((dim,) if aug is None else (aug.views, dim), np.nan, dtype=np.float32)
+        return torch.from_numpy(np.stack([blank if o is None else o for o in out])) if out else torch.empty(0, dim)

@@ -1,0 +1,219 @@
+"""`cpt fit`: tasks -> few-shot sample -> cached features -> method -> checkpoint -> test metrics.
+
+The data flow is linear and every stage writes what it produced into the run directory, so
+an interrupted run resumes from its last checkpoint with the same sampled images.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from cpt import data as D
+from cpt import run as R
+from cpt.backbone import Backbone, load_backbone
+from cpt.console import log, log_to_file
+from cpt.errors import CptError
+from cpt.evaluate import evaluate, test_set, write_results
+from cpt.features import AugmentSpec, FeatureCache
+from cpt.io import write_csv
+from cpt.methods import METHODS, Method, TaskData, build_method, config_from
+from cpt.train import TrainConfig, coop_epochs, train
+
+
+@dataclass
+class FitRequest:
+    """Every option of `cpt fit`; saved in config.json so `--resume` rebuilds the same run."""
+
+    method: str = "coop"
+    tasks: str = ""
+    out: str = ""
+    shots: int = 16
+    seed: int = 1
+    backbone: str = "RN50"
+    device: str = "auto"
+    precision: str = "fp32"
+    cache_dir: str | None = None
+    clip_cache: str | None = None
+    epochs: int | None = None  # None: CoOp's budget for the number of shots
+    batch_size: int = 32
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    n_ctx: int = 16
+    ctx_init: str = ""
+    class_specific: bool = False
+    position: str = "end"
+    templates: list[str] = field(default_factory=list)
+    aug_views: int = 8
+    encode_batch_size: int = 64
+
+
+@dataclass
+class FitResult:
+    run: Path
+    metrics: pd.DataFrame
+    encoded: int  # images encoded by this call (0 when every feature came from the cache)
+    cached: int
+    skipped: int
+    seconds: float
+
+    def summary(self) -> dict:
+        """What `--json` prints."""
+        return {
+            "run": str(self.run),
+            "metrics": self.metrics.to_dict(orient="records"),
+            "images_encoded": self.encoded,
+            "images_from_cache": self.cached,
+            "skipped": self.skipped,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def _load_tasks(req: FitRequest, run: Path, resume: bool) -> tuple[list[D.Task], list[D.Skipped]]:
+    """The run's tasks with their sampled splits: re-read on resume, sampled otherwise."""
+    splits = run / R.SPLITS
+    if resume and splits.exists():
+        meta = R.read_config(run)["tasks"]
+        return D.tasks_from_frame(pd.read_csv(splits), meta), []
+    tasks, skipped = [], []
+    for name, path in D.parse_task_spec(req.tasks):
+        task, skip = D.load_task(name, path, req.seed)
+        task, skip2 = D.few_shot(task, req.shots, req.seed)
+        tasks.append(task)
+        skipped += skip + skip2
+    return tasks, skipped
+
+
+def _kept(samples: list[D.Sample], failed: dict[str, str]) -> torch.Tensor:
+    """Indices of the samples whose image decoded."""
+    return torch.tensor([i for i, s in enumerate(samples) if str(s.path) not in failed], dtype=torch.long)
+
+
+def _labels(samples: list[D.Sample], keep: torch.Tensor) -> torch.Tensor:
+    return torch.tensor([samples[i].label for i in keep.tolist()], dtype=torch.long)
+
+
+def _check_classes(task: D.Task, labels: torch.Tensor) -> None:
+    missing = [name for c, name in enumerate(task.classnames) if c not in set(labels.tolist())]
+    if missing:
+        raise CptError(
+            f"Task {task.name!r}: class {missing[0]!r} has no readable training image left "
+            f"(see skipped.csv). Add images to that class or remove its folder."
+        )
+
+
+def _task_data(uses: tuple[str, ...], task: D.Task, cache: FeatureCache, aug: AugmentSpec) -> TaskData:
+    """The cached training features `uses` asks for ("views", "plain", "val"); empty otherwise."""
+    dim = cache.backbone.geometry["embed_dim"]
+    train, val = task.splits["train"], task.splits["val"]
+    paths = [s.path for s in train]
+    views = cache.features(paths, aug, f"{task.name}: train views") if "views" in uses else torch.empty(len(train), aug.views, dim)
+    plain = cache.features(paths, None, f"{task.name}: train") if "plain" in uses else torch.empty(len(train), dim)
+    keep = _kept(train, cache.stats.failed)
+    labels = _labels(train, keep)
+    if uses:
+        _check_classes(task, labels)
+    if "val" in uses:
+        val_feats = cache.features([s.path for s in val], None, f"{task.name}: val")
+        val_keep = _kept(val, cache.stats.failed)
+        val_feats, val_labels = val_feats[val_keep], _labels(val, val_keep)
+    else:
+        val_feats, val_labels = torch.empty(0, dim), torch.empty(0, dtype=torch.long)
+    return TaskData(task.name, task.classnames, views[keep], plain[keep], labels, val_feats, val_labels)
+
+
+def _train_config(req: FitRequest) -> TrainConfig:
+    options = asdict(req)
+    options["epochs"] = req.epochs or coop_epochs(req.shots)
+    return config_from(TrainConfig, options)
+
+
+def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitResult:
+    """Run (or resume) a whole `cpt fit` into `req.out`."""
+    t0 = time.perf_counter()
+    if req.method not in METHODS:  # before anything is created on disk
+        build_method(req.method, None, [], {})
+    run = R.prepare(Path(req.out), overwrite=overwrite, resume=resume)
+    if resume:
+        req = FitRequest(**{**R.read_config(run)["request"], "out": str(run)})
+    handler = log_to_file(run / "fit.log")
+    try:
+        log.info("%s run %s (method %s)", "resuming" if resume else "starting", run, req.method)
+        tasks, skipped = _load_tasks(req, run, resume)
+        backbone = load_backbone(req.backbone, req.device, req.precision, req.clip_cache)
+        method = build_method(req.method, backbone, [t.classnames for t in tasks], asdict(req))
+        train_cfg = _train_config(req)
+        config = {
+            "command": "fit",
+            "request": asdict(req),
+            "method_config": asdict(method.cfg),
+            "train": asdict(train_cfg) if method.trains else None,
+            "backbone": backbone.describe(),
+            "tasks": [{"name": t.name, "title": t.title, "source": t.source, "classnames": t.classnames} for t in tasks],
+            "status": "running",
+        }
+        R.write_config(run, config)
+        cache = FeatureCache(backbone, Path(req.cache_dir) if req.cache_dir else None, req.encode_batch_size)
+        aug = AugmentSpec(views=req.aug_views)
+        train_data = [_task_data(method.uses, t, cache, aug) for t in tasks]
+        tests = [test_set(t, cache) for t in tasks]
+        skipped += [D.Skipped(t.name, p, r) for t in tasks for p, r in cache.stats.failed.items() if _in_task(t, p)]
+        if not (resume and (run / "skipped.csv").exists()):
+            write_csv(run / "skipped.csv", pd.DataFrame([asdict(s) for s in skipped], columns=["task", "path", "reason"]))
+        for s in skipped:
+            log.warning("skipped %s (%s): %s", s.path, s.task, s.reason)
+        write_csv(run / R.SPLITS, D.splits_frame(_without(tasks, cache.stats.failed)))
+        checkpoint = R.load_checkpoint(run) if resume else None
+        if checkpoint and checkpoint.get("done"):
+            method.load_state(checkpoint["state"])
+        elif method.trains:
+            train_state = checkpoint["train_state"] if checkpoint else None
+
+            def save(state: dict) -> None:
+                R.save_checkpoint(run, _checkpoint(method, tasks, backbone, state, done=False))
+                write_csv(run / "history.csv", pd.DataFrame(state["history"]))
+
+            train(method, train_data, train_cfg, train_state, save)
+        else:
+            method.fit(train_data)
+        R.save_checkpoint(run, _checkpoint(method, tasks, backbone, None, done=True))
+        predictions = evaluate(method.classifiers(), tests)
+        details = {"method": req.method, "backbone": req.backbone, "shots": str(req.shots), "seed": str(req.seed)}
+        metrics = write_results(run, predictions, "test", f"cpt fit: {req.method} on {', '.join(t.name for t in tasks)}", details)
+        R.write_config(run, {**config, "status": "finished"})
+        log.info("finished: %s", run)
+        return FitResult(run, metrics, cache.stats.encoded, cache.stats.cached, len(skipped), time.perf_counter() - t0)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _in_task(task: D.Task, path: str) -> bool:
+    return any(str(s.path) == path for split in task.splits.values() for s in split)
+
+
+def _without(tasks: list[D.Task], failed: dict[str, str]) -> list[D.Task]:
+    """The tasks with the images that failed to decode removed (what splits.csv records)."""
+    return [
+        D.Task(t.name, t.classnames, {k: [s for s in v if str(s.path) not in failed] for k, v in t.splits.items()}, t.source, t.title)
+        for t in tasks
+    ]
+
+
+def _checkpoint(method: Method, tasks: list[D.Task], backbone: Backbone, train_state: dict | None, done: bool) -> dict:
+    return {
+        "method": method.name,
+        "state": method.state(),
+        "classnames": [t.classnames for t in tasks],
+        "tasks": [t.name for t in tasks],
+        "geometry": backbone.geometry,
+        "backbone_sha256": backbone.checksum,
+        "train_state": train_state,
+        "done": done,
+    }

@@ -1,0 +1,22 @@
+"""Method registry: `--method NAME` looks a method up here, and `--help` lists these names."""
+
+from typing import Any
+
+from cpt.backbone import Backbone
+from cpt.errors import CptError
+from cpt.methods.base import Classifier, Method, PromptMethod, TaskData, config_from
+from cpt.methods.coop import CoOp
+from cpt.methods.linear_probe import LinearProbe
+from cpt.methods.zeroshot import ZeroShot
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (ZeroShot, LinearProbe, CoOp)}
+
+
+def build_method(name: str, backbone: Backbone, classnames: list[list[str]], options: dict[str, Any]) -> Method:
+    """Instantiate method `name`, its config taken from the matching keys of `options`."""
+    if name not in METHODS:
+        raise CptError(f"--method {name!r} is unknown; choose one of {', '.join(METHODS)}.")
+    cls = METHODS[name]
+    return cls(backbone, classnames, config_from(cls.Config, options))
+
+__all__ = ["METHODS", "build_method", "Classifier", "Method", "PromptMethod", "TaskData", "config_from"]

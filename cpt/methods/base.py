@@ -1,0 +1,120 @@
+"""What every method provides: per-task training data in, one linear classifier per task out.
+
+After training, prompts are constant, so each method's text side collapses to a matrix of
+class embeddings per task: logits = scale * normalize(image_features) @ weight.T + bias.
+Evaluation, export and prediction only ever see these `Classifier`s.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from cpt.backbone import Backbone
+
+
+@dataclass
+class Classifier:
+    """A frozen linear head on L2-normalised image features."""
+
+    weight: Tensor  # (n_cls, dim)
+    scale: float
+    bias: Tensor | None = None  # (n_cls,)
+
+    def logits(self, features: Tensor) -> Tensor:
+        """(n, dim) image features -> (n, n_cls) logits."""
+        x = F.normalize(features.float(), dim=-1)
+        out = self.scale * x @ self.weight.float().T
+        return out if self.bias is None else out + self.bias.float()
+
+
+@dataclass
+class TaskData:
+    """One task's cached training features."""
+
+    name: str
+    classnames: list[str]
+    train_views: Tensor  # (n, views, dim): augmented views for gradient training
+    train_plain: Tensor  # (n, dim): centre-crop view (linear probe)
+    train_labels: Tensor  # (n,)
+    val: Tensor  # (m, dim)
+    val_labels: Tensor  # (m,)
+
+
+def config_from(cls: type, options: dict[str, Any]) -> Any:
+    """Build a config dataclass from the subset of `options` it has fields for."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in options.items() if k in names and v is not None})
+
+
+class Method(ABC):
+    """A method: built from a backbone and the tasks' class names, fitted, then frozen."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+    trains: ClassVar[bool] = False  # runs the gradient train loop
+    uses: ClassVar[tuple[str, ...]] = ()  # training features it needs: "views", "plain", "val"
+
+    def __init__(self, backbone: Backbone, classnames: list[list[str]], cfg: Any) -> None:
+        self.backbone = backbone
+        self.classnames = classnames
+        self.cfg = cfg
+
+    def fit(self, data: list[TaskData]) -> None:
+        """Fit without the gradient loop (closed-form or sklearn methods); default: nothing."""
+
+    @abstractmethod
+    def classifiers(self) -> list[Classifier]:
+        """One frozen classifier per task, in task order."""
+
+    def state(self) -> dict[str, Tensor]:
+        """Learned tensors only (what checkpoint.pt stores)."""
+        return {}
+
+    def load_state(self, state: dict[str, Tensor]) -> None:
+        """Restore what `state()` returned."""
+
+    def logit_scale(self) -> float:
+        return float(self.backbone.model.logit_scale.exp())
+
+
+class PromptMethod(Method, torch.nn.Module):
+    """A method trained by gradient descent on the prompt (the text encoder stays frozen)."""
+
+    trains = True
+    uses = ("views",)
+
+    def __init__(self, backbone: Backbone, classnames: list[list[str]], cfg: Any) -> None:
+        torch.nn.Module.__init__(self)
+        Method.__init__(self, backbone, classnames, cfg)
+
+    @abstractmethod
+    def class_weights(self, task: int) -> Tensor:
+        """Normalised class embeddings (n_cls, dim) of task `task`, differentiable."""
+
+    def logits(self, features: Tensor, task: int) -> Tensor:
+        """Training logits (n, n_cls) for image features of one task."""
+        weight = self.class_weights(task).float()
+        return self.logit_scale() * F.normalize(features.float(), dim=-1) @ weight.T
+
+    def loss(self, logits: Tensor, labels: Tensor, task: int) -> Tensor:
+        """Softmax cross-entropy over the task's own classes."""
+        return F.cross_entropy(logits, labels)
+
+    @torch.no_grad()
+    def classifiers(self) -> list[Classifier]:
+        return [
+            Classifier(weight=self.class_weights(t).float().cpu(), scale=self.logit_scale())
+            for t in range(len(self.classnames))
+        ]
+
+    def state(self) -> dict[str, Tensor]:
+        return {k: v.detach().cpu() for k, v in self.state_dict().items()}
+
+    def load_state(self, state: dict[str, Tensor]) -> None:
+        self.load_state_dict(state)

@@ -1,0 +1,122 @@
+"""The prompt-learner core shared by every method.
+
+A class prompt is `[SOS] ... [EOS]` where `n_ctx` token slots hold context vectors instead
+of word embeddings; the class name sits after (end), between the two halves of (middle), or
+before (front) the context. `ClassPrompts` holds the frozen part (token embeddings of
+every class prompt, where the context slots are, where EOT is); a method supplies the
+context tensor — a learned parameter (CoOp), or the output of a meta network (SoftCPT).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from clip.model import CLIP
+from torch import Tensor, nn
+
+from cpt.errors import CptError
+from cpt.text import encode_embeddings, special_ids, word_ids
+
+POSITIONS = ("end", "middle", "front")
+log = logging.getLogger("cpt")
+
+
+@dataclass
+class PromptConfig:
+    """Shape and initialisation of the learnable context."""
+
+    n_ctx: int = 16
+    ctx_init: str = ""  # e.g. "a photo of a": word-initialised context (n_ctx = its token count)
+    class_specific: bool = False
+    position: str = "end"
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.position not in POSITIONS:
+            raise CptError(f"--class-token-position {self.position!r} must be one of {', '.join(POSITIONS)}.")
+        if self.ctx_init:
+            self.n_ctx = len(word_ids(self.ctx_init))
+        if self.n_ctx < 1:
+            raise CptError("--n-ctx must be at least 1.")
+
+
+def _layout(name_ids: list[int], n_ctx: int, position: str, ctx_ids: list[int], room: int) -> tuple[list[int], list[int]]:
+    """Token ids of one prompt and the indices of its context slots."""
+    sot, eot = special_ids()
+    period = word_ids(".")
+    name_ids = name_ids[: max(room, 0)]
+    if position == "end":
+        body = ctx_ids + name_ids
+        slots = list(range(1, 1 + n_ctx))
+    elif position == "front":
+        body = name_ids + ctx_ids
+        slots = list(range(1 + len(name_ids), 1 + len(name_ids) + n_ctx))
+    else:
+        half = n_ctx // 2
+        body = ctx_ids[:half] + name_ids + ctx_ids[half:]
+        slots = list(range(1, 1 + half)) + list(range(1 + half + len(name_ids), 1 + n_ctx + len(name_ids)))
+    return [sot, *body, *period, eot], slots
+
+
+class ClassPrompts(nn.Module):
+    """Frozen token embeddings of `[ctx] classname.` for one set of classes.
+
+    Buffers are not saved in checkpoints: they are rebuilt from the class names and the model.
+    """
+
+    def __init__(self, model: CLIP, classnames: list[str], cfg: PromptConfig) -> None:
+        super().__init__()
+        self.n_ctx = cfg.n_ctx
+        ctx_ids = word_ids(cfg.ctx_init) if cfg.ctx_init else word_ids("X") * cfg.n_ctx
+        room = model.context_length - 3 - cfg.n_ctx  # SOS, period, EOS
+        rows, slots = [], []
+        for name in classnames:
+            ids = word_ids(name)
+            if len(ids) > room:
+                log.warning("class name %r is longer than the context allows; it is cut to %d tokens", name, room)
+            tokens, where = _layout(ids, cfg.n_ctx, cfg.position, ctx_ids, room)
+            rows.append(tokens)
+            slots.append(where)
+        length = max(len(r) for r in rows)  # truncation: nothing after the last EOT matters
+        ids = torch.zeros(len(rows), length, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+        device = model.positional_embedding.device
+        ids = ids.to(device)
+        with torch.no_grad():
+            base = model.token_embedding(ids)  # (n_cls, L, width)
+        self.register_buffer("base", base, persistent=False)
+        self.register_buffer("eot", torch.tensor([len(r) - 1 for r in rows], device=device), persistent=False)
+        self.register_buffer("slots", torch.tensor(slots, device=device), persistent=False)  # (n_cls, n_ctx)
+        self.register_buffer("init_ctx", base[0, self.slots[0]].clone(), persistent=False)  # (n_ctx, width)
+
+    @property
+    def n_cls(self) -> int:
+        return self.base.shape[0]
+
+    def fill(self, ctx: Tensor) -> Tensor:
+        """Embeddings (n_cls, L, width) with `ctx` (n_ctx, width) or (n_cls, n_ctx, width) in the slots."""
+        n_cls, _, width = self.base.shape
+        ctx = ctx.to(self.base.dtype)
+        if ctx.dim() == 2:
+            ctx = ctx.unsqueeze(0).expand(n_cls, -1, -1)
+        index = self.slots.unsqueeze(-1).expand(-1, -1, width)
+        return self.base.scatter(1, index, ctx)  # differentiable w.r.t. ctx
+
+    def encode(self, model: CLIP, ctx: Tensor) -> Tensor:
+        """Text features (n_cls, embed_dim) of the class prompts under `ctx`."""
+        return encode_embeddings(model, self.fill(ctx), self.eot)
+
+
+def init_context(prompts: ClassPrompts, cfg: PromptConfig, generator: torch.Generator | None = None) -> Tensor:
+    """Initial context: the init words' embeddings, else N(0, init_std); per class if class-specific."""
+    width = prompts.base.shape[-1]
+    if cfg.ctx_init:
+        ctx = prompts.init_ctx.float().cpu()
+    else:
+        ctx = torch.randn(cfg.n_ctx, width, generator=generator) * cfg.init_std
+    if cfg.class_specific:
+        ctx = ctx.unsqueeze(0).repeat(prompts.n_cls, 1, 1)
+    return ctx.to(prompts.base.device)

@@ -1,0 +1,116 @@
+"""The one gradient train loop every prompt method shares.
+
+Batches mix the tasks: all training images of all tasks are shuffled together, and each
+batch's loss is the sum over the tasks present of that task's softmax cross-entropy over
+its own classes. Every random choice of an epoch (order, which cached view) comes from a
+generator seeded by (seed, epoch), and the state is saved after every epoch, so a resumed
+run continues exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from cpt.console import log, track
+from cpt.errors import CptError
+from cpt.methods.base import PromptMethod, TaskData
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings; defaults follow CoOp (SGD, cosine, one constant warm-up epoch)."""
+
+    epochs: int = 50
+    batch_size: int = 32
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
+    seed: int = 0
+
+
+def coop_epochs(shots: int) -> int:
+    """CoOp's epoch budget by shots: 50 for 1 shot, 100 for 2-4, 200 for 8+ (and for all data)."""
+    if shots == 1:
+        return 50
+    if 2 <= shots <= 4:
+        return 100
+    return 200
+
+
+def lr_at(epoch: int, cfg: TrainConfig) -> float:
+    """Learning rate of `epoch` (0-based): constant warm-up, then cosine decay."""
+    if epoch < cfg.warmup_epochs:
+        return cfg.warmup_lr
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs))
+
+
+def _epoch_batches(data: list[TaskData], cfg: TrainConfig, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(task index, sample index) pairs of each batch of one epoch, shuffled under (seed, epoch)."""
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    task_ids = torch.cat([torch.full((len(d.train_labels),), t) for t, d in enumerate(data)])
+    sample_ids = torch.cat([torch.arange(len(d.train_labels)) for d in data])
+    order = torch.randperm(len(task_ids), generator=gen)
+    views = torch.randint(0, data[0].train_views.shape[1], (len(order),), generator=gen)
+    batches = []
+    for chunk in order.split(cfg.batch_size):
+        batches.append((task_ids[chunk], torch.stack([sample_ids[chunk], views[chunk]], dim=1)))
+    return batches
+
+
+def train(
+    method: PromptMethod,
+    data: list[TaskData],
+    cfg: TrainConfig,
+    state: dict | None = None,
+    save: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Train `method` in place; returns the history (one dict per epoch).
+
+    `state` (from a checkpoint) resumes after its last finished epoch; `save` is called
+    with the full training state after every epoch.
+    """
+    params = [p for p in method.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    history: list[dict] = []
+    start = 0
+    if state:
+        method.load_state(state["method"])
+        optimizer.load_state_dict(state["optimizer"])
+        history, start = state["history"], state["epoch"]
+    device = method.backbone.device
+    for epoch in track(range(start, cfg.epochs), "Training", total=cfg.epochs - start):
+        t0 = time.perf_counter()
+        lr = lr_at(epoch, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        total, seen = 0.0, 0
+        for task_ids, picks in _epoch_batches(data, cfg, epoch):
+            loss = torch.zeros((), device=device)
+            for t in task_ids.unique().tolist():
+                rows = picks[task_ids == t]
+                feats = data[t].train_views[rows[:, 0], rows[:, 1]].to(device)
+                labels = data[t].train_labels[rows[:, 0]].to(device)
+                loss = loss + method.loss(method.logits(feats, t), labels, t)
+            if not torch.isfinite(loss):
+                raise CptError(
+                    f"The training loss became {loss.item()} in epoch {epoch + 1}. Lower --lr, or use "
+                    "--precision fp32; the checkpoint of the last finished epoch is kept, so "
+                    "`cpt fit --resume RUN` continues from there."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(task_ids)
+            seen += len(task_ids)
+        history.append({"epoch": epoch + 1, "loss": total / max(seen, 1), "lr": lr, "time_s": time.perf_counter() - t0})
+        log.debug("epoch %d loss %.4f", epoch + 1, history[-1]["loss"])
+        if save:
+            save({"method": method.state(), "optimizer": optimizer.state_dict(), "history": history, "epoch": epoch + 1})
+    return history

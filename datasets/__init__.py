@@ -1,0 +1,1 @@
+"""Dataset recipes shipped with cpt (installed as `cpt_datasets`)."""

@@ -1,0 +1,88 @@
+"""Shared fixtures: a tiny random CLIP saved as a real checkpoint file, and image folders on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from clip.model import CLIP
+from PIL import Image
+
+# Visually separable classes: distinct colours, so even a random image encoder separates them.
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 200, 60),
+    "blue": (40, 70, 220),
+    "yellow_ochre": (230, 210, 40),
+}
+
+TINY_VIT = dict(
+    embed_dim=32, image_resolution=32, vision_layers=2, vision_width=64, vision_patch_size=8,
+    context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1, transformer_layers=2,
+)
+TINY_RN = dict(
+    embed_dim=32, image_resolution=32, vision_layers=(1, 1, 1, 1), vision_width=64, vision_patch_size=None,
+    context_length=40, vocab_size=49408, transformer_width=128, transformer_heads=2, transformer_layers=3,
+)
+
+
+def make_clip(geometry: dict, seed: int = 0) -> CLIP:
+    torch.manual_seed(seed)
+    return CLIP(**geometry).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> Path:
+    """A tiny random ViT CLIP saved as a state dict (loads through clip.load like a real checkpoint)."""
+    path = tmp_path_factory.mktemp("clip") / "tiny-vit.pt"
+    torch.save(make_clip(TINY_VIT).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_rn_clip(tmp_path_factory) -> Path:
+    """A tiny random ResNet CLIP with another text geometry (width 128, 3 layers, context 40)."""
+    path = tmp_path_factory.mktemp("clip") / "tiny-rn.pt"
+    torch.save(make_clip(TINY_RN).state_dict(), path)
+    return path
+
+
+def write_image(path: Path, colour: tuple[int, int, int], rng: np.random.Generator, size: int = 24) -> Path:
+    """A noisy solid-colour PNG with a random darker square, so no two images are identical."""
+    pixels = np.clip(np.array(colour) + rng.normal(0, 18, (size, size, 3)), 0, 255)
+    x, y = rng.integers(0, size // 2, 2)
+    pixels[y : y + size // 3, x : x + size // 3] *= 0.6
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels.astype(np.uint8)).save(path)
+    return path
+
+
+def colour_folder(root: Path, per_class: int = 12, classes: dict | None = None, seed: int = 0, split: bool = False) -> Path:
+    """A folder of class sub-folders (or train/ val/ test/ when `split`) of colour images."""
+    rng = np.random.default_rng(seed)
+    classes = classes or COLOURS
+    for name, colour in classes.items():
+        if split:
+            for sub, n in (("train", per_class), ("val", max(per_class // 4, 1)), ("test", max(per_class // 2, 1))):
+                for i in range(n):
+                    write_image(root / sub / name / f"{name}_{i:03d}.png", colour, rng)
+        else:
+            for i in range(per_class):
+                write_image(root / name / f"{name}_{i:03d}.png", colour, rng)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _feature_cache(tmp_path_factory, monkeypatch) -> Path:
+    """One feature cache per test session (tests that count encodes pass their own --cache-dir)."""
+    root = tmp_path_factory.getbasetemp() / "feature-cache"
+    monkeypatch.setenv("CPT_CACHE", str(root))
+    return root
+
+
+@pytest.fixture(scope="session")
+def colours(tmp_path_factory) -> Path:
+    """A train/val/test colour task (4 classes) shared by tests that only read it."""
+    return colour_folder(tmp_path_factory.mktemp("data") / "colours", per_class=12, split=True)

@@ -1,0 +1,66 @@
+"""The prompt-learner core: layouts, context placement, gradients, any geometry."""
+
+import pytest
+import torch
+
+from cpt.errors import CptError
+from cpt.prompt import ClassPrompts, PromptConfig, init_context
+from cpt.text import tokenize
+from tests.conftest import TINY_RN, TINY_VIT, make_clip
+
+NAMES = ["dog", "red car", "x-ray machine", "sea_lion"]
+
+
+@pytest.mark.parametrize("geometry", [TINY_VIT, TINY_RN], ids=["vit", "rn"])
+@pytest.mark.parametrize(
+    "position,template",
+    [("end", "a photo of a {}."), ("front", "{} a photo of a."), ("middle", "a photo {} of a.")],
+)
+def test_word_initialised_context_reproduces_the_written_prompt(geometry, position, template):
+    """With the context set to the words' embeddings, features equal encode_text of the sentence."""
+    model = make_clip(geometry)
+    cfg = PromptConfig(ctx_init="a photo of a", position=position)
+    prompts = ClassPrompts(model, NAMES, cfg)
+    got = prompts.encode(model, init_context(prompts, cfg))
+    expected = model.encode_text(tokenize([template.format(n) for n in NAMES], model))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert cfg.n_ctx == 4
+
+
+def test_class_specific_context_is_per_class_and_gets_gradients():
+    model = make_clip(TINY_VIT)
+    cfg = PromptConfig(n_ctx=3, class_specific=True)
+    prompts = ClassPrompts(model, NAMES, cfg)
+    ctx = init_context(prompts, cfg, torch.Generator().manual_seed(0)).requires_grad_()
+    assert ctx.shape == (len(NAMES), 3, 64)
+    emb = prompts.fill(ctx)
+    # the context lands in slots 1..3 of every class row, the rest is the word embeddings
+    torch.testing.assert_close(emb[:, 1:4], ctx)
+    torch.testing.assert_close(emb[:, 0], prompts.base[:, 0])
+    prompts.encode(model, ctx)[2].sum().backward()
+    per_class = ctx.grad.abs().sum(dim=(1, 2))
+    assert per_class[2] > 0 and per_class[[0, 1, 3]].eq(0).all()  # only class 2's context influences class 2
+
+
+def test_generic_context_is_shared_and_random_init_is_seeded():
+    model = make_clip(TINY_VIT)
+    cfg = PromptConfig(n_ctx=16)
+    prompts = ClassPrompts(model, NAMES, cfg)
+    a = init_context(prompts, cfg, torch.Generator().manual_seed(1))
+    b = init_context(prompts, cfg, torch.Generator().manual_seed(1))
+    assert a.shape == (16, 64) and torch.equal(a, b)
+    assert abs(float(a.std()) - 0.02) < 0.005
+    emb = prompts.fill(a)
+    assert torch.equal(emb[0, 1:17], emb[3, 1:17])
+
+
+def test_prompts_are_truncated_at_the_longest_eot():
+    model = make_clip(TINY_VIT)
+    prompts = ClassPrompts(model, ["a", "b c d"], PromptConfig(n_ctx=2))
+    # [SOS] ctx ctx b c d . [EOS] -> 8 positions, not 77
+    assert prompts.base.shape[1] == 8 and prompts.eot.tolist() == [5, 7]
+
+
+def test_bad_position_is_a_user_error():
+    with pytest.raises(CptError, match="end, middle, front"):
+        PromptConfig(position="left")
