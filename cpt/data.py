@@ -1,0 +1,407 @@
+"""Single-label tasks: load a folder, CSV or CoOp split JSON; split by seed; sample K shots.
+
+Loading only lists files (decoding 100k images is slow); `check_image` decodes one image and
+is called by whoever needs the pixels. Every random choice is a `random.Random` seeded with
+a string built from the seed, the task and the class, so a result never depends on the order
+in which tasks or classes are processed, nor on PYTHONHASHSEED.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+from PIL import Image
+
+from cpt.errors import CptError
+
+log = logging.getLogger("cpt")
+Check = Callable[[Path], str | None]  # a path -> None if the image is usable, else the reason
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+SPLITS = ("train", "val", "test")
+VAL_SHOTS = 4  # CoOp's protocol: the few-shot validation subset has min(K, 4) images per class
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path  # absolute, resolved
+    label: int  # index into Task.classnames
+
+
+@dataclass(frozen=True)
+class Skipped:
+    task: str
+    path: str
+    reason: str
+
+
+@dataclass
+class Task:
+    name: str  # key used in CSVs, e.g. "pets"
+    classnames: list[str]  # display names
+    splits: dict[str, list[Sample]]  # always "train", "val", "test" (val may be empty)
+    source: str  # the path the user gave
+    title: str  # natural-language task name
+
+
+def parse_task_spec(spec: str) -> list[tuple[str, str]]:
+    """`NAME=PATH[,NAME=PATH...]` as (name, path) pairs; a bare PATH is named after its folder or file stem."""
+    pairs = []
+    for item in (part.strip() for part in spec.split(",")):
+        name, sep, path = item.partition("=")
+        if not sep or "/" in name or "\\" in name:  # a bare path (which may itself contain "=")
+            name, path = (_default_name(item) if item else ""), item
+        name, path = name.strip(), path.strip()
+        if not name or not path:
+            raise CptError(
+                f"--tasks has an empty task name or path in {item!r} (in {spec!r}). Write it as "
+                "NAME=PATH[,NAME=PATH...], e.g. --tasks flowers=/data/flowers,pets=/data/pets."
+            )
+        pairs.append((name, path))
+    names = [name for name, _ in pairs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise CptError(
+            f"--tasks names the task {', '.join(map(repr, duplicates))} more than once ({spec!r}). "
+            "Give each task its own name: NAME=PATH."
+        )
+    return pairs
+
+
+def _default_name(path: str) -> str:
+    """A bare path's task name: the folder name, or the file stem of a CSV/JSON."""
+    file = _split_image_root(path)[0]
+    return file.stem if file.suffix.lower() in (".csv", ".json") else file.resolve().name
+
+
+def _split_image_root(path: str) -> tuple[Path, Path | None]:
+    """`SPLIT.json@IMAGE_ROOT` as (json, root); any other path as (path, None)."""
+    at = path.lower().find(".json@")
+    return (Path(path[: at + 5]), Path(path[at + 6 :])) if at >= 0 else (Path(path), None)
+
+
+def load_task(name: str, path: str, seed: int) -> tuple[Task, list[Skipped]]:
+    """Load a task from a folder, a CSV or a CoOp split JSON (`SPLIT.json@IMAGE_ROOT` sets the image root)."""
+    file, root = _split_image_root(path)
+    for p in (file, root):
+        if p is not None and not p.exists():
+            raise CptError(
+                f"The data path {p} of task '{name}' does not exist. Check the path in "
+                f"--tasks {name}=PATH (a folder, a .csv or a CoOp split .json)."
+            )
+    if file.is_dir() and (file / "train").is_dir():
+        classes, splits, skipped = _split_folders(name, file.resolve())
+    elif file.is_dir():
+        classes, splits, skipped = _class_folders(name, file.resolve(), seed)
+    elif file.suffix.lower() == ".csv":
+        classes, splits, skipped = _from_csv(name, file.resolve(), seed)
+    elif file.suffix.lower() == ".json":
+        classes, splits, skipped = _from_coop_json(name, file.resolve(), (root or file.parent).resolve())
+    else:
+        raise CptError(
+            f"Task '{name}': {file} is neither a folder, a .csv nor a .json. Point --tasks {name}=PATH at a "
+            "folder of class sub-folders (optionally inside train/ val/ test/), a CSV with path,label "
+            "columns, or a CoOp split JSON."
+        )
+    if not splits["test"]:
+        raise CptError(
+            f"Task '{name}' ({path}) has no test images. Add a test split (a test/ folder, split=test "
+            "rows, or a \"test\" list) or give each class at least 3 images so a test share can be held out."
+        )
+    ordered = {k: sorted(v, key=lambda s: (s.label, str(s.path))) for k, v in splits.items()}
+    return Task(name, classes, ordered, path, name.replace("_", " ")), skipped
+
+
+def _display(folder: str) -> str:
+    return folder.replace("_", " ")
+
+
+def _classnames_file(root: Path) -> dict[str, str]:
+    """Folder -> display name from `classnames.txt` (`<folder> <display name...>` per line), if present."""
+    file = root / "classnames.txt"
+    if not file.is_file():
+        return {}
+    names = {}
+    for line in file.read_text(encoding="utf-8").splitlines():
+        folder, _, display = line.strip().partition(" ")
+        if folder:
+            names[folder] = display.strip() or _display(folder)
+    return names
+
+
+def _subdirs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _list_images(task: str, folder: Path, cls: str) -> tuple[list[Path], list[Skipped]]:
+    """The image files directly in `folder`; other non-hidden files become Skipped entries."""
+    images, skipped = [], []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or not p.is_file():
+            continue
+        if p.suffix.lower() in IMAGE_EXTENSIONS:
+            images.append(p)
+        else:
+            skipped.append(Skipped(task, str(p), "not an image file"))
+    if not images:
+        raise CptError(
+            f"class '{cls}' of task '{task}' has no images in {folder}. Add images "
+            f"({', '.join(sorted(IMAGE_EXTENSIONS))}) to it or remove the folder."
+        )
+    return images, skipped
+
+
+def _split_folders(task: str, root: Path) -> tuple[list[str], dict[str, list[Sample]], list[Skipped]]:
+    """`train/`, optional `val/`, required `test/`, each with one sub-folder per class."""
+    if not (root / "test").is_dir():
+        raise CptError(
+            f"Task '{task}': {root} has a train/ folder but no test/ folder. Add test/ with one "
+            "sub-folder per class, or put the class folders directly in the task folder to split by seed."
+        )
+    folders = _subdirs(root / "train")
+    if not folders:
+        raise CptError(
+            f"Task '{task}': {root / 'train'} has no class sub-folders. Put one folder of images per class in it."
+        )
+    index = {f: i for i, f in enumerate(folders)}
+    splits: dict[str, list[Sample]] = {s: [] for s in SPLITS}
+    skipped: list[Skipped] = []
+    for split in SPLITS:
+        if not (root / split).is_dir():
+            continue
+        for folder in _subdirs(root / split):
+            if folder not in index:
+                raise CptError(
+                    f"Task '{task}': class folder '{folder}' in {root / split} has no counterpart in "
+                    f"{root / 'train'}. Rename it to one of the training classes or add training images for it."
+                )
+            images, skip = _list_images(task, root / split / folder, folder)
+            splits[split] += [Sample(p.resolve(), index[folder]) for p in images]
+            skipped += skip
+    names = _classnames_file(root)
+    return [names.get(f, _display(f)) for f in folders], splits, skipped
+
+
+def _class_folders(task: str, root: Path, seed: int) -> tuple[list[str], dict[str, list[Sample]], list[Skipped]]:
+    """A folder of class sub-folders, split per class under the seed."""
+    folders = _subdirs(root)
+    if not folders:
+        raise CptError(
+            f"Task '{task}': {root} has no class sub-folders. Put one folder of images per class in it "
+            "(or train/ val/ test/ folders that each hold the class folders)."
+        )
+    splits: dict[str, list[Sample]] = {s: [] for s in SPLITS}
+    skipped: list[Skipped] = []
+    for i, folder in enumerate(folders):
+        images, skip = _list_images(task, root / folder, folder)
+        skipped += skip
+        for split, part in zip(SPLITS, _split_by_seed([p.resolve() for p in images], seed, task, folder)):
+            splits[split] += [Sample(p, i) for p in part]
+    names = _classnames_file(root)
+    return [names.get(f, _display(f)) for f in folders], splits, skipped
+
+
+def _split_by_seed(paths: list[Path], seed: int, task: str, cls: str) -> tuple[list[Path], list[Path], list[Path]]:
+    """One class's images as 50/20/30 train/val/test (half rounded up); every split gets one from 3 images on."""
+    shuffled = sorted(paths)
+    random.Random(f"split/{seed}/{task}/{cls}").shuffle(shuffled)
+    n = len(shuffled)
+    if n < 3:
+        log.warning("class '%s' of task '%s' has only %d image(s): all go to training, none to val/test", cls, task, n)
+        return shuffled, [], []
+    n_train, n_val = (n + 1) // 2, max(1, round(0.2 * n))
+    n_train -= max(0, n_train + n_val + 1 - n)  # leave at least one for test
+    return shuffled[:n_train], shuffled[n_train : n_train + n_val], shuffled[n_train + n_val :]
+
+
+def _class_order(labels: set[str]) -> list[str]:
+    """Sorted label strings; numerically when all are integers, so "10" comes after "9"."""
+    if all(s.lstrip("-").isdigit() for s in labels):
+        return sorted(labels, key=int)
+    return sorted(labels)
+
+
+def _from_csv(task: str, file: Path, seed: int) -> tuple[list[str], dict[str, list[Sample]], list[Skipped]]:
+    """A CSV with `path,label[,split]`; paths relative to the CSV's folder; no split column: split by seed."""
+    try:
+        frame = pd.read_csv(file, dtype=str, keep_default_na=False)
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise CptError(
+            f"Task '{task}': {file} could not be read as a CSV ({exc}). Save it as UTF-8 CSV with a path,label header."
+        ) from exc
+    frame.columns = [str(c).strip().lower() for c in frame.columns]
+    if not {"path", "label"} <= set(frame.columns):
+        raise CptError(
+            f"Task '{task}': {file} has columns {', '.join(frame.columns) or '(none)'}, but a single-label CSV "
+            "needs 'path' and 'label' (and optionally 'split' with train/val/test). Rename the header row."
+        )
+    frame = frame.apply(lambda col: col.str.strip())
+    has_split = "split" in frame.columns
+    if has_split:
+        frame["split"] = frame["split"].str.lower()
+        bad = frame[~frame["split"].isin(SPLITS)]
+        if len(bad):
+            raise CptError(
+                f"Task '{task}': {file} row {bad.index[0] + 2} has split {bad['split'].iloc[0]!r}; "
+                "the split column may only hold train, val or test."
+            )
+    empty = frame[(frame["path"] == "") | (frame["label"] == "")]
+    if len(empty):
+        raise CptError(
+            f"Task '{task}': {file} row {empty.index[0] + 2} has an empty path or label. Fill it in or delete the row."
+        )
+    labels = _class_order(set(frame["label"]))
+    index = {c: i for i, c in enumerate(labels)}
+    splits: dict[str, list[Sample]] = {s: [] for s in SPLITS}
+    skipped: list[Skipped] = []
+    by_class: dict[str, list[tuple[Path, str]]] = {c: [] for c in labels}
+    for row in frame.itertuples(index=False):
+        path = (file.parent / row.path).resolve()
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            skipped.append(Skipped(task, str(path), "not an image file"))
+        else:
+            by_class[row.label].append((path, row.split if has_split else ""))
+    for cls, rows in by_class.items():
+        if not rows:
+            raise CptError(
+                f"class '{cls}' of task '{task}' has no images in {file}: none of its rows points to an "
+                f"image file ({', '.join(sorted(IMAGE_EXTENSIONS))}). Fix its paths or remove its rows."
+            )
+        if has_split:
+            for path, split in rows:
+                splits[split].append(Sample(path, index[cls]))
+        else:
+            for split, part in zip(SPLITS, _split_by_seed([p for p, _ in rows], seed, task, cls)):
+                splits[split] += [Sample(p, index[cls]) for p in part]
+    return [_display(c) for c in labels], splits, skipped
+
+
+def _from_coop_json(task: str, file: Path, root: Path) -> tuple[list[str], dict[str, list[Sample]], list[Skipped]]:
+    """A CoOp split JSON: {"train"|"val"|"test": [[relpath, label, classname], ...]}; paths under `root`."""
+    hint = (
+        f"A CoOp split file is {{\"train\": [[path, label, classname], ...], \"val\": [...], \"test\": [...]}}; "
+        f"fix or re-download {file.name} (images are looked up under {root}; set that with FILE.json@IMAGE_ROOT)."
+    )
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CptError(f"Task '{task}': {file} is not valid JSON ({exc}). {hint}") from exc
+    if not isinstance(data, dict) or not {"train", "test"} <= set(data):
+        raise CptError(f"Task '{task}': {file} lacks the \"train\" and \"test\" lists. {hint}")
+    entries: dict[str, list[tuple[str, int]]] = {}
+    names: dict[int, str] = {}
+    for split in SPLITS:
+        entries[split] = []
+        for item in data.get(split, []):
+            ok = isinstance(item, list) and len(item) >= 3 and isinstance(item[0], str) and type(item[1]) is int
+            if not ok or names.setdefault(item[1], str(item[2])) != str(item[2]):
+                raise CptError(f"Task '{task}': {file} has a malformed or inconsistent {split} entry {item!r}. {hint}")
+            entries[split].append((item[0], item[1]))
+    order = sorted(names)
+    index = {label: i for i, label in enumerate(order)}
+    splits: dict[str, list[Sample]] = {s: [] for s in SPLITS}
+    skipped: list[Skipped] = []
+    for split, items in entries.items():
+        for rel, label in items:
+            path = (root / rel).resolve()
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
+                splits[split].append(Sample(path, index[label]))
+            else:
+                skipped.append(Skipped(task, str(path), "not an image file"))
+    present = {s.label for samples in splits.values() for s in samples}
+    for i, label in enumerate(order):
+        if i not in present:
+            raise CptError(
+                f"class '{names[label]}' of task '{task}' has no images in {file}: none of its entries points "
+                f"to an image file ({', '.join(sorted(IMAGE_EXTENSIONS))}). {hint}"
+            )
+    return [_display(names[label]) for label in order], splits, skipped
+
+
+def check_image(path: Path) -> str | None:
+    """None if PIL can open and decode the image to RGB, else a short reason."""
+    if not Path(path).is_file():
+        return "file not found"
+    try:
+        with Image.open(path) as im:
+            im.convert("RGB")
+    except Exception as exc:  # PIL raises many types for bad files (OSError, ValueError, SyntaxError, ...)
+        return f"cannot decode image: {exc}"
+    return None
+
+
+def few_shot(task: Task, shots: int, seed: int, check: Check = check_image) -> tuple[Task, list[Skipped]]:
+    """K readable training images per class (and min(K, 4) validation images), seeded; shots <= 0 keeps all."""
+    if shots <= 0:
+        return task, []
+    skipped: list[Skipped] = []
+    splits = {"test": task.splits["test"]}
+    for split, k in (("train", shots), ("val", min(shots, VAL_SHOTS))):
+        pools: list[list[Sample]] = [[] for _ in task.classnames]
+        for s in task.splits[split]:
+            pools[s.label].append(s)
+        chosen: list[Sample] = []
+        for label, (cls, pool) in enumerate(zip(task.classnames, pools)):
+            random.Random(f"shots/{seed}/{task.name}/{label}/{split}").shuffle(pool)
+            picked, skip = _take_readable(task.name, pool, k, check)
+            skipped += skip
+            if split == "train" and not picked:
+                raise CptError(
+                    f"class '{cls}' of task '{task.name}' has no readable training images "
+                    f"({len(pool)} tried, see the skipped list). Add readable images to it, "
+                    "replace the corrupt files, or remove the class."
+                )
+            if split == "train" and len(picked) < k:
+                log.warning("class '%s' of task '%s' has only %d readable training image(s) of the %d shots asked",
+                            cls, task.name, len(picked), k)
+            chosen += picked
+        splits[split] = sorted(chosen, key=lambda s: (s.label, str(s.path)))
+    return Task(task.name, task.classnames, {s: splits[s] for s in SPLITS}, task.source, task.title), skipped
+
+
+def _take_readable(task: str, pool: list[Sample], k: int, check: Check) -> tuple[list[Sample], list[Skipped]]:
+    """The first k samples of `pool` that pass `check`, and the ones that failed on the way."""
+    picked, skipped = [], []
+    for sample in pool:
+        if len(picked) == k:
+            break
+        reason = check(sample.path)
+        if reason is None:
+            picked.append(sample)
+        else:
+            skipped.append(Skipped(task, str(sample.path), reason))
+    return picked, skipped
+
+
+def splits_frame(tasks: list[Task]) -> pd.DataFrame:
+    """One row per sample: task, split, path, label, classname (the run's reproducible file list)."""
+    rows = [
+        (t.name, split, str(s.path), s.label, t.classnames[s.label])
+        for t in tasks for split in SPLITS for s in t.splits[split]
+    ]
+    return pd.DataFrame(rows, columns=["task", "split", "path", "label", "classname"])
+
+
+def tasks_from_frame(frame: pd.DataFrame, meta: list[dict]) -> list[Task]:
+    """Rebuild tasks from `splits_frame` rows and per-task metadata ({name, classnames, source, title})."""
+    samples = {m["name"]: {s: [] for s in SPLITS} for m in meta}
+    sizes = {m["name"]: len(m["classnames"]) for m in meta}
+    for name, split, path, label in zip(frame["task"].astype(str), frame["split"], frame["path"], frame["label"]):
+        if name not in samples or split not in SPLITS or not 0 <= int(label) < sizes[name]:
+            raise CptError(
+                f"The split file has a row ({name}, {split}, {path}, label {label}) that does not fit the run's "
+                "tasks: it does not belong to this run's config. Restore the run's original splits.csv and config.json."
+            )
+        samples[name][split].append(Sample(Path(path), int(label)))
+    return [Task(m["name"], list(m["classnames"]), samples[m["name"]], m["source"], m["title"]) for m in meta]
+
+
+def read_splits(path: Path) -> pd.DataFrame:
+    """Read a run's splits.csv, keeping task and class names as written (`007`, `NA`)."""
+    return pd.read_csv(path, dtype={"task": str, "path": str, "classname": str}, keep_default_na=False)
