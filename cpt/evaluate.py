@@ -87,8 +87,7 @@ def _eval_task(path: str, name: str, seed: int, classnames: list[str] | None) ->
     task, skipped = D.load_task(name, path, seed)
     for s in skipped:
         log.warning("skipped %s: %s", s.path, s.reason)
-    has_split = (Path(path) / "test").is_dir() or not Path(path).is_dir()
-    samples = task.splits["test"] if has_split else sorted(
+    samples = task.splits["test"] if _has_test_split(path) else sorted(
         (s for split in task.splits.values() for s in split), key=lambda s: str(s.path)
     )
     if classnames is None:
@@ -102,6 +101,16 @@ def _eval_task(path: str, name: str, seed: int, classnames: list[str] | None) ->
     remap = [classnames.index(c) for c in task.classnames]
     samples = [D.Sample(s.path, remap[s.label]) for s in samples]
     return D.Task(task.name, classnames, {"train": [], "val": [], "test": samples}, path, task.title)
+
+
+def _has_test_split(path: str) -> bool:
+    """Whether the data declares its test images (test/ folder, CSV split column, split JSON)."""
+    p = Path(path.split("@")[0])
+    if p.is_dir():
+        return (p / "test").is_dir()
+    if p.suffix.lower() == ".csv":
+        return "split" in pd.read_csv(p, nrows=0).columns
+    return True
 
 
 def evaluate_target(req: EvalRequest) -> tuple[Path, pd.DataFrame]:
@@ -131,7 +140,7 @@ def evaluate_target(req: EvalRequest) -> tuple[Path, pd.DataFrame]:
     if is_run:
         run_tasks = config["tasks"]
         if req.data is None:
-            tasks = D.tasks_from_frame(pd.read_csv(Path(req.target) / R.SPLITS), run_tasks)
+            tasks = D.tasks_from_frame(D.read_splits(Path(req.target) / R.SPLITS), run_tasks)
             index = list(range(len(tasks)))
         else:
             names = [t["name"] for t in run_tasks]

@@ -80,7 +80,7 @@ def _load_tasks(req: FitRequest, run: Path, resume: bool) -> tuple[list[D.Task],
     splits = run / R.SPLITS
     if resume and splits.exists():
         meta = R.read_config(run)["tasks"]
-        return D.tasks_from_frame(pd.read_csv(splits), meta), []
+        return D.tasks_from_frame(D.read_splits(splits), meta), []
     tasks, skipped = [], []
     for name, path in D.parse_task_spec(req.tasks):
         task, skip = D.load_task(name, path, req.seed)

@@ -1,0 +1,101 @@
+"""Single-label classification metrics, in percent, computed by scikit-learn."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.special import softmax
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, top_k_accuracy_score
+
+
+@dataclass
+class TaskPredictions:
+    """One task's evaluated images."""
+
+    task: str
+    classnames: list[str]
+    y_true: np.ndarray  # (n,) int labels
+    logits: np.ndarray  # (n, n_classes)
+    paths: list[str]
+
+    @property
+    def y_pred(self) -> np.ndarray:
+        return self.logits.argmax(axis=1)  # ties: the first class
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.arange(len(self.classnames))
+
+
+def confusion(preds: TaskPredictions) -> np.ndarray:
+    """(n_classes, n_classes) counts; rows are true classes, columns predictions."""
+    return confusion_matrix(preds.y_true, preds.y_pred, labels=preds.labels)
+
+
+def single_label_metrics(preds: TaskPredictions) -> dict[str, float]:
+    """accuracy, mean per-class accuracy (classes with support), macro-F1, top-5 (>5 classes), n_images."""
+    matrix = confusion(preds)
+    support = matrix.sum(axis=1)
+    present = support > 0
+    out = {
+        "accuracy": 100.0 * float(np.mean(preds.y_pred == preds.y_true)),
+        "mean_per_class_accuracy": 100.0 * float(np.mean(np.diag(matrix)[present] / support[present])),
+        "macro_f1": 100.0 * float(f1_score(preds.y_true, preds.y_pred, average="macro", zero_division=0)),
+    }
+    if len(preds.classnames) > 5:
+        out["top5_accuracy"] = 100.0 * float(
+            top_k_accuracy_score(preds.y_true, preds.logits, k=5, labels=preds.labels)
+        )
+    out["n_images"] = float(len(preds.y_true))
+    return out
+
+
+def per_class_frame(preds: TaskPredictions) -> pd.DataFrame:
+    """One row per class: task, class, accuracy, precision, recall, f1 (percent; NaN without support), support."""
+    precision, recall, f1, support = precision_recall_fscore_support(
+        preds.y_true, preds.y_pred, labels=preds.labels, zero_division=0
+    )
+    accuracy = np.where(support > 0, 100.0 * recall, np.nan)
+    return pd.DataFrame(
+        {
+            "task": preds.task,
+            "class": preds.classnames,
+            "accuracy": accuracy,
+            "precision": 100.0 * precision,
+            "recall": accuracy,
+            "f1": np.where(support > 0, 100.0 * f1, np.nan),
+            "support": support,
+        }
+    )
+
+
+def metrics_frame(all_preds: list[TaskPredictions], split: str) -> pd.DataFrame:
+    """Tidy rows (task, split, metric, value); with several tasks also their unweighted mean."""
+    rows = [(p.task, split, k, v) for p in all_preds for k, v in single_label_metrics(p).items()]
+    frame = pd.DataFrame(rows, columns=["task", "split", "metric", "value"])
+    if len(all_preds) > 1:
+        mean = frame.groupby("metric", sort=False)["value"].mean()
+        mean["n_images"] = frame.loc[frame.metric == "n_images", "value"].sum()
+        frame = pd.concat(
+            [frame, pd.DataFrame({"task": "mean", "split": split, "metric": mean.index, "value": mean.values})],
+            ignore_index=True,
+        )
+    return frame
+
+
+def predictions_frame(preds: TaskPredictions) -> pd.DataFrame:
+    """One row per image: task, path, label, prediction, correct, score (softmax probability)."""
+    probs = softmax(preds.logits, axis=1)
+    names = np.array(preds.classnames)
+    return pd.DataFrame(
+        {
+            "task": preds.task,
+            "path": preds.paths,
+            "label": names[preds.y_true],
+            "prediction": names[preds.y_pred],
+            "correct": preds.y_pred == preds.y_true,
+            "score": probs[np.arange(len(probs)), preds.y_pred],
+        }
+    )

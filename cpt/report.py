@@ -1,0 +1,104 @@
+"""The human report: report.md with a headline table, per-task details and PNG plots."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from cpt.io import atomic_path, write_text  # noqa: E402
+from cpt.metrics import TaskPredictions, confusion  # noqa: E402
+
+HEADLINE = ["accuracy", "mean_per_class_accuracy", "macro_f1"]
+
+
+def safe_name(name: str) -> str:
+    """A file-name-safe version of a task name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "task"
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_confusion(preds: TaskPredictions, path: Path) -> None:
+    """Confusion matrix heat map; counts written in cells up to 20 classes, names up to 40."""
+    matrix = confusion(preds)
+    n = len(preds.classnames)
+    side = min(3 + 0.35 * n, 16)
+    fig, ax = plt.subplots(figsize=(side, side))
+    ax.imshow(matrix, cmap="Blues")
+    if n <= 40:
+        ax.set_xticks(range(n), preds.classnames, rotation=90)
+        ax.set_yticks(range(n), preds.classnames)
+    if n <= 20:
+        for (i, j), v in pd.DataFrame(matrix).stack().items():
+            if v:
+                ax.text(j, i, str(v), ha="center", va="center", color="white" if v > matrix.max() / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{preds.task}: confusion matrix")
+    _save(fig, path)
+
+
+def plot_per_class(per_class: pd.DataFrame, task: str, path: Path) -> None:
+    """Horizontal bars of per-class accuracy, worst at the top."""
+    rows = per_class[per_class.task == task].dropna(subset=["accuracy"]).sort_values("accuracy", ascending=False)
+    fig, ax = plt.subplots(figsize=(6, min(1 + 0.25 * len(rows), 30)))
+    ax.barh(rows["class"].astype(str), rows["accuracy"], color="tab:blue")
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("accuracy (%)")
+    ax.set_title(f"{task}: per-class accuracy")
+    _save(fig, path)
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    head = "| " + " | ".join(frame.columns) + " |\n|" + "---|" * len(frame.columns) + "\n"
+    body = "".join(
+        "| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in row) + " |\n"
+        for row in frame.itertuples(index=False)
+    )
+    return head + body
+
+
+def write_single_label_report(
+    out_dir: Path,
+    title: str,
+    all_preds: list[TaskPredictions],
+    metrics: pd.DataFrame,
+    per_class: pd.DataFrame,
+    details: dict[str, str],
+) -> Path:
+    """report.md plus confusion_<task>.png and per_class_<task>.png for every task; returns report.md."""
+    out_dir = Path(out_dir)
+    wide = metrics.pivot_table(index="task", columns="metric", values="value", sort=False)
+    headline = wide[[c for c in HEADLINE if c in wide.columns]].reset_index()
+    lines = [f"# {title}", "", "| setting | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in details.items()]
+    lines += ["", "## Results (percent)", "", _markdown(headline)]
+    for preds in all_preds:
+        stem = safe_name(preds.task)
+        plot_confusion(preds, out_dir / f"confusion_{stem}.png")
+        plot_per_class(per_class, preds.task, out_dir / f"per_class_{stem}.png")
+        worst = per_class[per_class.task == preds.task].dropna(subset=["accuracy"]).nsmallest(5, "accuracy")
+        lines += [
+            f"## {preds.task}",
+            "",
+            f"{len(preds.y_true)} images, {len(preds.classnames)} classes. Weakest classes:",
+            "",
+            _markdown(worst[["class", "accuracy", "support"]]),
+            f"![confusion matrix](confusion_{stem}.png)",
+            "",
+            f"![per-class accuracy](per_class_{stem}.png)",
+            "",
+        ]
+    path = out_dir / "report.md"
+    write_text(path, "\n".join(lines))
+    return path

@@ -1,0 +1,58 @@
+"""The feature cache: same numbers as encoding directly, keyed by content, reused across runs."""
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cpt.backbone import load_backbone
+from cpt.features import AugmentSpec, FeatureCache, eval_transform
+from tests.conftest import write_image
+
+
+def images(tmp_path, n=3):
+    rng = np.random.default_rng(0)
+    return [write_image(tmp_path / f"img{i}.png", (40 * i, 100, 200), rng) for i in range(n)]
+
+
+def test_eval_features_equal_direct_encoding_and_come_back_from_disk(tiny_clip, tmp_path):
+    backbone = load_backbone(str(tiny_clip), "cpu")
+    paths = images(tmp_path)
+    cache = FeatureCache(backbone, tmp_path / "cache", batch_size=2)
+    feats = cache.features(paths)
+    x = torch.stack([eval_transform(backbone.preprocess)(Image.open(p).convert("RGB")) for p in paths])
+    torch.testing.assert_close(feats, backbone.model.encode_image(x), rtol=1e-5, atol=1e-5)
+    assert (cache.stats.encoded, cache.stats.cached) == (3, 0)
+
+    again = FeatureCache(backbone, tmp_path / "cache")
+    assert torch.equal(again.features(paths), feats) and (again.stats.encoded, again.stats.cached) == (0, 3)
+
+    moved = tmp_path / "elsewhere.png"
+    moved.write_bytes(paths[1].read_bytes())  # same bytes, new name: still a cache hit
+    assert torch.equal(again.features([moved])[0], feats[1]) and again.stats.encoded == 0
+
+
+def test_augmented_views_are_deterministic_distinct_and_keyed_separately(tiny_clip, tmp_path):
+    backbone = load_backbone(str(tiny_clip), "cpu")
+    paths = images(tmp_path, 2)
+    aug = AugmentSpec(views=4)
+    first = FeatureCache(backbone, tmp_path / "a").features(paths, aug)
+    second = FeatureCache(backbone, tmp_path / "b").features(list(reversed(paths)), aug)
+    assert first.shape == (2, 4, 32)
+    torch.testing.assert_close(first, second.flip(0))  # same views whatever the order or cache
+    assert not torch.allclose(first[0, 0], first[0, 1])  # the views differ from each other
+    other = FeatureCache(backbone, tmp_path / "a")
+    other.features(paths, AugmentSpec(views=2))
+    assert other.stats.encoded == 2  # another augmentation recipe is another cache entry
+
+
+def test_precision_is_part_of_the_key_and_broken_images_are_reported(tiny_clip, tmp_path):
+    paths = images(tmp_path, 2)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"garbage")
+    cache = FeatureCache(load_backbone(str(tiny_clip), "cpu"), tmp_path / "c")
+    feats = cache.features([paths[0], broken, paths[1]])
+    assert torch.isnan(feats[1]).all() and torch.isfinite(feats[[0, 2]]).all()
+    assert list(cache.stats.failed) == [str(broken)]
+    half = FeatureCache(load_backbone(str(tiny_clip), "cpu", "bf16"), tmp_path / "c")
+    half.features(paths)
+    assert half.stats.encoded == 2
