@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.special import softmax
+import torch
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, top_k_accuracy_score
 
 
@@ -87,7 +87,7 @@ def metrics_frame(all_preds: list[TaskPredictions], split: str) -> pd.DataFrame:
 
 def predictions_frame(preds: TaskPredictions) -> pd.DataFrame:
     """One row per image: task, path, label, prediction, correct, score (softmax probability)."""
-    probs = softmax(preds.logits, axis=1)
+    probs = torch.softmax(torch.as_tensor(preds.logits, dtype=torch.float64), dim=1).numpy()
     names = np.array(preds.classnames)
     return pd.DataFrame(
         {

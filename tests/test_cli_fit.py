@@ -199,3 +199,34 @@ def test_eval_reproduces_fit_and_evaluates_other_data(tiny_clip, colours, tmp_pa
     assert (tmp_path / "zs" / "metrics.csv").exists()
     code, _, err = cli("eval", tmp_path / "nothing-here")
     assert code == 2 and "not a run directory" in err
+
+
+def test_templates_ensemble_and_custom(tiny_clip, colours, tmp_path):
+    common = ["--method", "zeroshot", "--tasks", f"colours={colours}", "--backbone", tiny_clip]
+    fit_json(*common, "--template", "ensemble", "--out", tmp_path / "e")
+    assert len(json.loads((tmp_path / "e" / "config.json").read_text())["method_config"]["templates"]) == 7
+    fit_json(*common, "--template", "a {} thing.", "--template", "a photo of a {}.", "--out", tmp_path / "c")
+    templates = json.loads((tmp_path / "c" / "config.json").read_text())["method_config"]["templates"]
+    assert templates == ["a {} thing.", "a photo of a {}."]
+    code, _, err = cli("fit", *common, "--template", "no placeholder", "--out", tmp_path / "bad")
+    assert code == 2 and "{}" in err
+
+
+def test_bf16_coop_runs(tiny_clip, colours, tmp_path):
+    summary = fit_json("--method", "coop", "--precision", "bf16", "--tasks", f"colours={colours}", "--backbone",
+                       tiny_clip, "--shots", "2", "--epochs", "2", "--n-ctx", "4", "--out", tmp_path / "r")
+    assert 0 <= accuracy(summary) <= 100
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["backbone"]["precision"] == "bf16"
+
+
+def test_help_lists_methods_with_examples_and_bugs_exit_1(tiny_clip, colours, tmp_path, monkeypatch):
+    help_text = runner.invoke(app, ["fit", "--help"], env={"COLUMNS": "300"})
+    assert help_text.exit_code == 0
+    assert "One of: zeroshot, linear-probe, coop." in help_text.stdout and "Examples" in help_text.stdout
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("cpt.fit.load_backbone", broken)
+    code, _, err = cli("fit", "--tasks", f"colours={colours}", "--backbone", tiny_clip, "--out", tmp_path / "r")
+    assert code == 1 and "internal error" in err and "boom" in err
