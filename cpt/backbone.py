@@ -7,6 +7,7 @@ length, RN or ViT) is read from the loaded model, never assumed.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import urllib.error
@@ -21,6 +22,7 @@ import clip
 from clip.model import CLIP
 
 from cpt.errors import CptError
+from cpt.io import atomic_path, cache_root
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -83,7 +85,7 @@ class Backbone:
         }
 
 
-def default_cache_dir() -> Path:
+def clip_cache_dir() -> Path:
     """Where OpenAI CLIP weights are downloaded (clip's own default)."""
     return Path(os.environ.get("CPT_CLIP_CACHE", Path.home() / ".cache" / "clip"))
 
@@ -112,8 +114,24 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+ASSETS = Path(__file__).parent / "assets"
+BUILTIN = {"toy": ASSETS / "toy-clip.pt.gz"}  # checkpoints shipped with cpt (gzipped state dicts)
+
+
+def _unpack_builtin(name: str) -> Path:
+    """Gunzip a shipped checkpoint once into the cache; clip.load then opens it like any file."""
+    packed = BUILTIN[name]
+    target = cache_root() / "backbones" / f"{name}-{file_sha256(packed)[:16]}.pt"
+    if not target.exists():
+        with gzip.open(packed, "rb") as src, atomic_path(target) as tmp:
+            tmp.write_bytes(src.read())
+    return target
+
+
 def _checkpoint_path(spec: str) -> tuple[str, str | None]:
     """Return (what clip.load should open, the known sha256 if the name carries one)."""
+    if spec in BUILTIN:
+        return str(_unpack_builtin(spec)), None
     if spec in clip.available_models():
         url = clip.clip._MODELS[spec]
         return spec, url.split("/")[-2]  # OpenAI's URLs embed the file's sha256
@@ -121,8 +139,8 @@ def _checkpoint_path(spec: str) -> tuple[str, str | None]:
     if path.is_file():
         return str(path), None
     raise CptError(
-        f"--backbone {spec!r} is neither an OpenAI CLIP name nor an existing checkpoint file. "
-        f"Names: {', '.join(clip.available_models())}; or pass --backbone PATH to a CLIP "
+        f"--backbone {spec!r} is neither a known name nor an existing checkpoint file. "
+        f"Names: {', '.join([*BUILTIN, *clip.available_models()])}; or pass --backbone PATH to a CLIP "
         "checkpoint (OpenAI JIT archive or state dict)."
     )
 
@@ -158,7 +176,7 @@ def load_backbone(
     """Load a frozen CLIP model by OpenAI name (downloaded once into `cache_dir`) or from a file."""
     if precision not in PRECISIONS:
         raise CptError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}.")
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache = Path(cache_dir) if cache_dir else clip_cache_dir()
     target, known_sha = _checkpoint_path(spec)
     dev = resolve_device(device)
     try:

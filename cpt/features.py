@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from torchvision import transforms as T
 
 from cpt.backbone import Backbone, Preprocess
 from cpt.console import track
-from cpt.io import atomic_path
+from cpt.io import atomic_path, cache_root
 
 
 @dataclass(frozen=True)
@@ -44,11 +43,6 @@ class CacheStats:
     encoded: int = 0
     cached: int = 0
     failed: dict[str, str] = field(default_factory=dict)  # path -> reason
-
-
-def default_cache_dir() -> Path:
-    """`$CPT_CACHE` or ~/.cache/cpt."""
-    return Path(os.environ.get("CPT_CACHE", Path.home() / ".cache" / "cpt"))
 
 
 def eval_transform(pre: Preprocess) -> T.Compose:
@@ -94,7 +88,7 @@ class FeatureCache:
 
     def __init__(self, backbone: Backbone, root: Path | None = None, batch_size: int = 64) -> None:
         self.backbone = backbone
-        self.root = Path(root) if root else default_cache_dir()
+        self.root = Path(root) if root else cache_root()
         self.batch_size = batch_size
         self.stats = CacheStats()
 

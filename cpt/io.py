@@ -20,6 +20,11 @@ import torch
 from cpt.errors import CptError
 
 
+def cache_root() -> Path:
+    """cpt's cache (features, unpacked shipped checkpoints, materialised recipes): $CPT_CACHE or ~/.cache/cpt."""
+    return Path(os.environ.get("CPT_CACHE", Path.home() / ".cache" / "cpt"))
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it onto `path`."""

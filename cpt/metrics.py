@@ -1,4 +1,4 @@
-"""Single-label classification metrics, in percent, computed by scikit-learn."""
+"""Classification metrics in percent, computed by scikit-learn: single-label accuracy / F1 and multi-label mAP."""
 
 from __future__ import annotations
 
@@ -7,7 +7,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, top_k_accuracy_score
+from sklearn.metrics import (
+    average_precision_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+    top_k_accuracy_score,
+)
 
 
 @dataclass
@@ -99,3 +105,30 @@ def predictions_frame(preds: TaskPredictions) -> pd.DataFrame:
             "score": probs[np.arange(len(probs)), preds.y_pred],
         }
     )
+
+
+def average_precisions(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per-class non-interpolated AP (sklearn) over known entries; NaN for classes without a positive."""
+    out = np.full(targets.shape[1], np.nan)
+    for c in range(targets.shape[1]):
+        known = targets[:, c] >= 0
+        y = targets[known, c]
+        if y.any():
+            out[c] = average_precision_score(y, scores[known, c])
+    return out
+
+
+def multilabel_frames(task: str, classnames: list[str], scores: np.ndarray, targets: np.ndarray, split: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(metrics rows: mAP in percent, n_images, n_classes_evaluated; per-class rows: ap, positives, support)."""
+    ap = average_precisions(scores, targets)
+    metrics = pd.DataFrame(
+        [(task, split, "mAP", 100.0 * float(np.nanmean(ap)) if np.isfinite(ap).any() else np.nan),
+         (task, split, "n_images", float(len(targets))),
+         (task, split, "n_classes_evaluated", float(np.isfinite(ap).sum()))],
+        columns=["task", "split", "metric", "value"],
+    )
+    per_class = pd.DataFrame(
+        {"task": task, "class": classnames, "ap": 100.0 * ap,
+         "positives": (targets == 1).sum(axis=0), "support": (targets >= 0).sum(axis=0)}
+    )
+    return metrics, per_class
