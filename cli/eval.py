@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from cpt_cli.app import app, command, emit_json, show_metrics
 
 from cpt.evaluate import EvalRequest, evaluate_target
-from cpt_cli.app import app, command, emit_json, show_metrics
 
 
 @app.command("eval", epilog="""Examples:

@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from cpt_cli.app import app, command, emit_json, show_metrics
 
 from cpt.errors import CptError
-from cpt.fit import FitRequest, fit
+from cpt.fit import fit
 from cpt.methods import METHODS
-from cpt_cli.app import app, command, emit_json, show_metrics
+from cpt.options import FitRequest
 
 DEFAULTS = FitRequest()
 

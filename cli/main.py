@@ -1,5 +1,6 @@
 """Entry point of the `cpt` console script: the app with every command registered."""
 
+from cpt_cli import data as _data  # noqa: F401  (registers `cpt data`)
 from cpt_cli import eval as _eval  # noqa: F401  (registers `cpt eval`)
 from cpt_cli import fit as _fit  # noqa: F401  (registers `cpt fit`)
 from cpt_cli.app import app

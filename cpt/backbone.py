@@ -15,11 +15,10 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-from torch import nn
-
 import clip
+import torch
 from clip.model import CLIP
+from torch import nn
 
 from cpt.errors import CptError
 from cpt.io import atomic_path, cache_root

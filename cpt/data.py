@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
+from cpt_datasets.recipes import RECIPES, materialize
 from PIL import Image
 
 from cpt.errors import CptError
@@ -405,3 +406,20 @@ def tasks_from_frame(frame: pd.DataFrame, meta: list[dict]) -> list[Task]:
 def read_splits(path: Path) -> pd.DataFrame:
     """Read a run's splits.csv, keeping task and class names as written (`007`, `NA`)."""
     return pd.read_csv(path, dtype={"task": str, "path": str, "classname": str}, keep_default_na=False)
+
+
+def is_multilabel_source(path: str) -> bool:
+    """A folder with train.csv and test.csv label files is a multi-label task."""
+    return (Path(path) / "train.csv").is_file() and (Path(path) / "test.csv").is_file()
+
+
+def resolve_tasks(spec: str) -> tuple[list[tuple[str, str]], bool]:
+    """(name, path) pairs of `--tasks` — a recipe name (materialised on demand) or NAME=PATH pairs —
+    and whether they are multi-label."""
+    if spec in RECIPES:
+        return [(name, str(path)) for name, path in materialize(spec)], RECIPES[spec].multi_label
+    pairs = parse_task_spec(spec)
+    kinds = {is_multilabel_source(path) for _, path in pairs}
+    if len(kinds) > 1:
+        raise CptError(f"--tasks {spec} mixes single-label and multi-label tasks; run them separately.")
+    return pairs, kinds == {True}

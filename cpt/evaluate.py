@@ -20,7 +20,12 @@ from cpt.errors import CptError
 from cpt.features import FeatureCache
 from cpt.io import write_csv
 from cpt.methods import Classifier, build_method
-from cpt.metrics import TaskPredictions, metrics_frame, per_class_frame, predictions_frame
+from cpt.metrics import (
+    TaskPredictions,
+    metrics_frame,
+    per_class_frame,
+    predictions_frame,
+)
 from cpt.report import write_single_label_report
 
 
@@ -118,6 +123,11 @@ def evaluate_target(req: EvalRequest) -> tuple[Path, pd.DataFrame]:
     is_run = (Path(req.target) / R.CONFIG).exists()
     if is_run:
         config = R.read_config(Path(req.target))
+        if config.get("multi_label"):
+            raise CptError(
+                f"{req.target} is a multi-label run: its test mAP is in {req.target}/metrics.csv; "
+                "re-evaluating multi-label runs with `cpt eval` is not supported yet."
+            )
         options = {**config["request"], **({"templates": req.templates} if req.templates else {})}
         checkpoint = R.load_checkpoint(Path(req.target))
         if not checkpoint or not checkpoint.get("done"):

@@ -7,7 +7,7 @@ an interrupted run resumes from its last checkpoint with the same sampled images
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -20,69 +20,23 @@ from cpt.console import log, log_to_file
 from cpt.errors import CptError
 from cpt.evaluate import evaluate, test_set, write_results
 from cpt.features import AugmentSpec, FeatureCache
+from cpt.fit_ml import fit_multilabel
 from cpt.io import write_csv
 from cpt.methods import METHODS, Method, TaskData, build_method, config_from
+from cpt.options import FitRequest, FitResult
 from cpt.train import TrainConfig, coop_epochs, train
 
 
-@dataclass
-class FitRequest:
-    """Every option of `cpt fit`; saved in config.json so `--resume` rebuilds the same run."""
-
-    method: str = "coop"
-    tasks: str = ""
-    out: str = ""
-    shots: int = 16
-    seed: int = 1
-    backbone: str = "RN50"
-    device: str = "auto"
-    precision: str = "fp32"
-    cache_dir: str | None = None
-    clip_cache: str | None = None
-    epochs: int | None = None  # None: CoOp's budget for the number of shots
-    batch_size: int = 32
-    lr: float = 0.002
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
-    n_ctx: int = 16
-    ctx_init: str = ""
-    class_specific: bool = False
-    position: str = "end"
-    templates: list[str] = field(default_factory=list)
-    aug_views: int = 8
-    encode_batch_size: int = 64
-
-
-@dataclass
-class FitResult:
-    run: Path
-    metrics: pd.DataFrame
-    encoded: int  # images encoded by this call (0 when every feature came from the cache)
-    cached: int
-    skipped: int
-    seconds: float
-
-    def summary(self) -> dict:
-        """What `--json` prints."""
-        return {
-            "run": str(self.run),
-            "metrics": self.metrics.to_dict(orient="records"),
-            "images_encoded": self.encoded,
-            "images_from_cache": self.cached,
-            "skipped": self.skipped,
-            "seconds": round(self.seconds, 2),
-        }
-
-
-def _load_tasks(req: FitRequest, run: Path, resume: bool) -> tuple[list[D.Task], list[D.Skipped]]:
+def _load_tasks(
+    req: FitRequest, specs: list[tuple[str, str]], run: Path, resume: bool
+) -> tuple[list[D.Task], list[D.Skipped]]:
     """The run's tasks with their sampled splits: re-read on resume, sampled otherwise."""
     splits = run / R.SPLITS
     if resume and splits.exists():
         meta = R.read_config(run)["tasks"]
         return D.tasks_from_frame(D.read_splits(splits), meta), []
     tasks, skipped = [], []
-    for name, path in D.parse_task_spec(req.tasks):
+    for name, path in specs:
         task, skip = D.load_task(name, path, req.seed)
         task, skip2 = D.few_shot(task, req.shots, req.seed)
         tasks.append(task)
@@ -145,7 +99,10 @@ def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitRe
     handler = log_to_file(run / "fit.log")
     try:
         log.info("%s run %s (method %s)", "resuming" if resume else "starting", run, req.method)
-        tasks, skipped = _load_tasks(req, run, resume)
+        specs, multi_label = D.resolve_tasks(req.tasks)
+        if multi_label:
+            return fit_multilabel(req, run, specs, t0)
+        tasks, skipped = _load_tasks(req, specs, run, resume)
         backbone = load_backbone(req.backbone, req.device, req.precision, req.clip_cache)
         method = build_method(req.method, backbone, [t.classnames for t in tasks], asdict(req))
         train_cfg = _train_config(req)
@@ -175,11 +132,12 @@ def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitRe
         elif method.trains:
             train_state = checkpoint["train_state"] if checkpoint else None
 
-            def save(state: dict) -> None:
-                R.save_checkpoint(run, _checkpoint(method, tasks, backbone, state, done=False))
+            def save(state: dict) -> None:  # the checkpoint last: it is what --resume trusts
                 write_csv(run / "history.csv", pd.DataFrame(state["history"]))
+                R.save_checkpoint(run, _checkpoint(method, tasks, backbone, state, done=False))
 
-            train(method, train_data, train_cfg, train_state, save)
+            history = train(method, train_data, train_cfg, train_state, save)
+            write_csv(run / "history.csv", pd.DataFrame(history))
         else:
             method.fit(train_data)
         R.save_checkpoint(run, _checkpoint(method, tasks, backbone, None, done=True))

@@ -102,3 +102,34 @@ def write_single_label_report(
     path = out_dir / "report.md"
     write_text(path, "\n".join(lines))
     return path
+
+
+def plot_average_precision(per_class: pd.DataFrame, task: str, path: Path) -> None:
+    """Horizontal bars of per-class AP, best at the top."""
+    rows = per_class[per_class.task == task].dropna(subset=["ap"]).sort_values("ap")
+    fig, ax = plt.subplots(figsize=(6, min(1 + 0.25 * len(rows), 30)))
+    ax.barh(rows["class"].astype(str), rows["ap"], color="tab:green")
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("average precision (%)")
+    ax.set_title(f"{task}: per-class AP")
+    _save(fig, path)
+
+
+def write_multilabel_report(out_dir: Path, title: str, metrics: pd.DataFrame, per_class: pd.DataFrame,
+                            details: dict[str, str]) -> Path:
+    """report.md with mAP per task, classes left out of the mean, and per-class AP bars (ap_<task>.png)."""
+    out_dir = Path(out_dir)
+    wide = metrics.pivot_table(index="task", columns="metric", values="value", sort=False).reset_index()
+    lines = [f"# {title}", "", "| setting | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in details.items())]
+    lines += ["", "## Results (percent)", "", _markdown(wide)]
+    for task in wide["task"]:
+        rows = per_class[per_class.task == task]
+        stem = safe_name(task)
+        plot_average_precision(per_class, task, out_dir / f"ap_{stem}.png")
+        excluded = rows[rows.ap.isna()]["class"].tolist()
+        lines += [f"## {task}", "", f"Classes without a known positive (left out of mAP): {', '.join(excluded) or 'none'}.", "",
+                  _markdown(rows.sort_values("ap")[["class", "ap", "positives", "support"]].head(5)),
+                  f"![per-class AP](ap_{stem}.png)", ""]
+    path = out_dir / "report.md"
+    write_text(path, "\n".join(lines))
+    return path

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import functools
 
-import torch
-from torch import Tensor
-
 import clip
+import torch
 from clip.model import CLIP
 from clip.simple_tokenizer import SimpleTokenizer
+from torch import Tensor
 
 
 @functools.cache

@@ -71,7 +71,7 @@ def test_missing_download_names_the_cache_and_the_path_option(tmp_path):
 
 
 def test_unknown_backbone_and_corrupt_checkpoint(tmp_path):
-    with pytest.raises(CptError, match="neither an OpenAI CLIP name"):
+    with pytest.raises(CptError, match="neither a known name"):
         load_backbone("no-such-model", "cpu")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")

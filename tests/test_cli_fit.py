@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from cpt_cli.main import app
 from typer.testing import CliRunner
 
 from cpt import run as R
-from cpt_cli.main import app
 from tests.conftest import colour_folder
 
 runner = CliRunner()

@@ -4,7 +4,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cpt.metrics import TaskPredictions, confusion, metrics_frame, per_class_frame, predictions_frame, single_label_metrics
+from cpt.metrics import (
+    TaskPredictions,
+    confusion,
+    metrics_frame,
+    per_class_frame,
+    predictions_frame,
+    single_label_metrics,
+)
 
 
 def preds(y_true, y_pred, n_classes=3, task="t"):

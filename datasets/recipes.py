@@ -1,0 +1,133 @@
+"""Dataset recipes: names usable as `--tasks NAME`, materialised on demand into the cache.
+
+`toy` is a few-shot suite of four single-label tasks over the toy world; `toy-ml` is a
+multi-label set whose 18 labels (shapes, colours, backgrounds) co-occur through scene
+themes, so a label-to-label prior carries information.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from cpt_datasets import toy_world as W
+
+from cpt.io import cache_root, write_text
+
+VERSION = "v1"  # bump when the generator changes, so stale materialisations are not reused
+TOY_SPLITS = {"train": 32, "val": 8, "test": 40}  # images per class
+TOY_TASKS: dict[str, dict[str, dict]] = {
+    "shape": {s: {"shapes": [s]} for s in W.SHAPES},
+    "colour": {c: {"colours": [c]} for c in W.COLOURS},
+    "background": {f"{t}_background": {"texture": t} for t in W.TEXTURES},
+    "count": {f"{w}_object{'s' if i else ''}": {"count": i + 1} for i, w in enumerate(W.COUNT_WORDS)},
+}
+THEMES = [  # (colours, shapes, textures) that tend to appear together in toy-ml scenes
+    (["red", "orange", "yellow"], ["star", "triangle"], ["striped"]),
+    (["blue", "cyan"], ["circle", "diamond"], ["dotted", "plain"]),
+    (["green", "yellow"], ["triangle", "cross"], ["checkered"]),
+    (["pink", "purple"], ["circle", "star", "square"], ["plain", "dotted"]),
+]
+TOY_ML_LABELS = [*W.SHAPES, *W.COLOURS, *(f"{t}_background" for t in W.TEXTURES)]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    multi_label: bool
+    build: Callable[[Path, int], list[tuple[str, Path]]]  # (root, seed) -> [(task name, path)]
+
+
+def _done(folder: Path) -> bool:
+    return (folder / ".complete").exists()
+
+
+def _publish(tmp: Path, folder: Path) -> None:
+    """Move a fully written temp folder into place, so a half-written recipe is never used."""
+    write_text(tmp / ".complete", VERSION)
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+
+
+def materialize_toy(root: Path, seed: int = 0) -> list[tuple[str, Path]]:
+    """Write the four toy tasks as train/val/test class folders under `root/toy`."""
+    folder = root / "toy"
+    if not _done(folder):
+        tmp = root / f".toy-{np.random.default_rng().integers(1 << 30)}"
+        for t, (task, classes) in enumerate(TOY_TASKS.items()):
+            for c, (name, fixed) in enumerate(classes.items()):
+                rng = np.random.default_rng([seed, t, c])
+                for split, n in TOY_SPLITS.items():
+                    out = tmp / task / split / name
+                    out.mkdir(parents=True)
+                    for i in range(n):
+                        W.render(W.make_scene(rng, **fixed), rng).save(out / f"{i:03d}.png")
+        _publish(tmp, folder)
+    return [(task, folder / task) for task in TOY_TASKS]
+
+
+def themed_scene(rng: np.random.Generator) -> W.Scene:
+    """Two or three objects whose colours, shapes and background usually come from one theme."""
+    count = int(rng.integers(2, 4))
+    if rng.random() < 0.85:
+        colours, shapes, textures = THEMES[rng.integers(len(THEMES))]
+    else:
+        colours, shapes, textures = list(W.COLOURS), W.SHAPES, W.TEXTURES
+    return W.make_scene(
+        rng,
+        shapes=[shapes[i] for i in rng.integers(len(shapes), size=count)],
+        colours=[colours[i] for i in rng.integers(len(colours), size=count)],
+        count=count,
+        texture=textures[rng.integers(len(textures))],
+    )
+
+
+def _labels(scene: W.Scene) -> list[int]:
+    present = {o.shape for o in scene.objects} | {o.colour for o in scene.objects} | {f"{scene.texture}_background"}
+    return [int(label in present) for label in TOY_ML_LABELS]
+
+
+def materialize_toy_ml(root: Path, seed: int = 0, n: dict[str, int] | None = None) -> list[tuple[str, Path]]:
+    """Write toy-ml: images/ plus wide train.csv / test.csv (1 = present, 0 = absent)."""
+    folder = root / "toy-ml"
+    if not _done(folder):
+        tmp = root / f".toy-ml-{np.random.default_rng().integers(1 << 30)}"
+        (tmp / "images").mkdir(parents=True)
+        for s, (split, count) in enumerate((n or {"train": 600, "test": 600}).items()):
+            rng = np.random.default_rng([seed, 100 + s])
+            rows = []
+            for i in range(count):
+                scene = themed_scene(rng)
+                rel = f"images/{split}_{i:04d}.png"
+                W.render(scene, rng).save(tmp / rel)
+                rows.append([rel, *_labels(scene)])
+            pd.DataFrame(rows, columns=["path", *TOY_ML_LABELS]).to_csv(tmp / f"{split}.csv", index=False)
+        _publish(tmp, folder)
+    return [("toy-ml", folder)]
+
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        Recipe("toy", "toy world: shape (6), colour (8), background (4), count (4) classes", False, materialize_toy),
+        Recipe("toy-ml", "toy world, multi-label: 18 co-occurring labels (shapes, colours, backgrounds)", True, materialize_toy_ml),
+    )
+}
+
+
+def data_root() -> Path:
+    """Where recipes materialise: <cache>/data/<version>."""
+    return cache_root() / "data" / VERSION
+
+
+def materialize(name: str, seed: int = 0) -> list[tuple[str, Path]]:
+    """Materialise recipe `name` (once) and return its (task, path) pairs."""
+    root = data_root() / f"seed{seed}"
+    root.mkdir(parents=True, exist_ok=True)
+    return RECIPES[name].build(root, seed)

@@ -1,0 +1,95 @@
+"""The toy world, its recipes and the shipped toy CLIP; learning is measured on it."""
+
+import gzip
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from cpt_datasets import recipes
+from cpt_datasets import toy_world as W
+from sklearn.metrics import average_precision_score
+
+from cpt.backbone import BUILTIN, load_backbone
+from tests.test_cli_fit import cli, fit_json
+
+
+def test_generator_is_deterministic_by_seed():
+    def draw(seed):
+        rng = np.random.default_rng(seed)
+        scene = W.make_scene(rng)
+        return scene, np.asarray(W.render(scene, rng)), W.caption(scene, rng)
+
+    a, b, c = draw(3), draw(3), draw(4)
+    assert a[0] == b[0] and np.array_equal(a[1], b[1]) and a[2] == b[2]
+    assert not np.array_equal(a[1], c[1])
+    assert a[1].shape == (32, 32, 3)
+
+
+def test_toy_recipe_layout_and_idempotence(tmp_path):
+    tasks = dict(recipes.materialize_toy(tmp_path))
+    assert list(tasks) == ["shape", "colour", "background", "count"]
+    counts = {task: len(list((path / "train").iterdir())) for task, path in tasks.items()}
+    assert counts == {"shape": 6, "colour": 8, "background": 4, "count": 4}
+    for split, n in recipes.TOY_SPLITS.items():
+        assert len(list((tasks["count"] / split / "two_objects").glob("*.png"))) == n
+    stamp = (tasks["shape"] / "test" / "circle" / "000.png").stat().st_mtime_ns
+    recipes.materialize_toy(tmp_path)
+    assert (tasks["shape"] / "test" / "circle" / "000.png").stat().st_mtime_ns == stamp
+
+
+def test_toy_ml_labels_co_occur(tmp_path):
+    (_, folder), = recipes.materialize_toy_ml(tmp_path, n={"train": 400, "test": 10})
+    labels = pd.read_csv(folder / "train.csv").drop(columns="path")
+    assert labels.shape[1] >= 15 and set(np.unique(labels)) == {0, 1}
+    p = labels.mean()
+    joint = (labels["blue"] & labels["diamond"]).mean()
+    assert joint > 2 * p["blue"] * p["diamond"]  # themed scenes: blue goes with diamonds
+    assert (labels["red"] & labels["square"]).mean() < 0.5 * p["red"] * p["square"]
+
+
+def test_shipped_toy_clip_is_small_and_loads_through_clip_load():
+    packed = BUILTIN["toy"]
+    assert packed.stat().st_size <= 10 * 2**20
+    with gzip.open(packed) as fh:
+        assert fh.read(2) == b"PK"  # a torch zip archive inside
+    backbone = load_backbone("toy", "cpu")
+    assert backbone.geometry["image_resolution"] == 32 and backbone.geometry["vocab_size"] == 49408
+    assert backbone.spec == "toy"
+
+
+def chance(task: str) -> float:
+    return 100 / len(recipes.TOY_TASKS[task])
+
+
+@pytest.mark.slow
+def test_zero_shot_is_useful_and_16_shot_coop_beats_it(tmp_path):
+    zs = fit_json("--method", "zeroshot", "--tasks", "toy", "--backbone", "toy", "--out", tmp_path / "zs")
+    coop = fit_json("--method", "coop", "--tasks", "toy", "--backbone", "toy", "--shots", "16", "--out", tmp_path / "coop")
+
+    def accuracies(summary):
+        return {m["task"]: m["value"] for m in summary["metrics"] if m["metric"] == "accuracy" and m["task"] != "mean"}
+
+    zero, tuned = accuracies(zs), accuracies(coop)
+    for task, acc in zero.items():
+        assert chance(task) + 10 <= acc < 90, (task, acc)
+    gain = np.mean([tuned[t] - zero[t] for t in zero])
+    assert gain >= 10, (zero, tuned)
+
+
+def test_zero_shot_map_on_toy_ml_beats_random_scores(tmp_path):
+    summary = fit_json("--method", "zeroshot", "--tasks", "toy-ml", "--backbone", "toy", "--out", tmp_path / "ml")
+    zs_map = next(m["value"] for m in summary["metrics"] if m["metric"] == "mAP")
+    config = json.loads((tmp_path / "ml" / "config.json").read_text())
+    test = pd.read_csv(f"{config['tasks'][0]['source']}/test.csv").drop(columns="path").to_numpy()
+    rng = np.random.default_rng(0)
+    random_map = 100 * np.mean([average_precision_score(test[:, c], rng.random(len(test))) for c in range(test.shape[1])])
+    assert zs_map >= random_map + 15, (zs_map, random_map)
+    per_class = pd.read_csv(tmp_path / "ml" / "per_class.csv")
+    assert len(per_class) == len(recipes.TOY_ML_LABELS) and {"ap", "positives", "support"} <= set(per_class.columns)
+    assert (tmp_path / "ml" / "report.md").read_text().count("mAP") >= 1
+
+
+def test_coop_on_multilabel_is_refused_clearly(tmp_path):
+    code, _, err = cli("fit", "--method", "coop", "--tasks", "toy-ml", "--backbone", "toy", "--out", tmp_path / "r")
+    assert code == 2 and "multi-label" in err
