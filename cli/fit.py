@@ -48,6 +48,7 @@ def fit_cmd(
     class_token_position: Annotated[str, typer.Option(help="Where the class name goes: end, middle or front.")] = DEFAULTS.position,
     template: Annotated[Optional[list[str]], typer.Option(help="Zero-shot prompt template with {} for the class (repeatable), or 'ensemble'.")] = None,
     aug_views: Annotated[int, typer.Option(help="Augmented views cached per training image.")] = DEFAULTS.aug_views,
+    crop_scale: Annotated[Optional[float], typer.Option(help="Smallest area fraction of the random resized crop (1 = flips only) [default: CoOp's 0.08; 1.0 for the toy recipe].")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Feature cache [default: $CPT_CACHE or ~/.cache/cpt].")] = None,
     clip_cache: Annotated[Optional[Path], typer.Option(help="Where OpenAI CLIP weights are downloaded [default: ~/.cache/clip].")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
@@ -66,7 +67,7 @@ def fit_cmd(
             clip_cache=str(clip_cache) if clip_cache else None, epochs=epochs, batch_size=batch_size, lr=lr,
             momentum=momentum, weight_decay=weight_decay, warmup_epochs=warmup_epochs, n_ctx=n_ctx,
             ctx_init=ctx_init, class_specific=class_specific, position=class_token_position,
-            templates=list(template or []), aug_views=aug_views,
+            templates=list(template or []), aug_views=aug_views, crop_scale=crop_scale,
         )
         result = fit(req, overwrite=overwrite)
     if json_out:

@@ -7,7 +7,7 @@ an interrupted run resumes from its last checkpoint with the same sampled images
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
@@ -25,6 +25,7 @@ from cpt.io import write_csv
 from cpt.methods import METHODS, Method, TaskData, build_method, config_from
 from cpt.options import FitRequest, FitResult
 from cpt.train import TrainConfig, coop_epochs, train
+from cpt_datasets.recipes import RECIPES
 
 
 def _load_tasks(
@@ -100,6 +101,9 @@ def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitRe
     try:
         log.info("%s run %s (method %s)", "resuming" if resume else "starting", run, req.method)
         specs, multi_label = D.resolve_tasks(req.tasks)
+        if req.crop_scale is None:
+            recipe = RECIPES.get(req.tasks)
+            req = replace(req, crop_scale=recipe.crop_scale if recipe and recipe.crop_scale else AugmentSpec.scale[0])
         if multi_label:
             return fit_multilabel(req, run, specs, t0)
         tasks, skipped = _load_tasks(req, specs, run, resume)
@@ -117,7 +121,7 @@ def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitRe
         }
         R.write_config(run, config)
         cache = FeatureCache(backbone, Path(req.cache_dir) if req.cache_dir else None, req.encode_batch_size)
-        aug = AugmentSpec(views=req.aug_views)
+        aug = AugmentSpec(views=req.aug_views, scale=(req.crop_scale, 1.0))
         train_data = [_task_data(method.uses, t, cache, aug) for t in tasks]
         tests = [test_set(t, cache) for t in tasks]
         skipped += [D.Skipped(t.name, p, r) for t in tasks for p, r in cache.stats.failed.items() if _in_task(t, p)]

@@ -34,6 +34,7 @@ class FitRequest:
     position: str = "end"
     templates: list[str] = field(default_factory=list)
     aug_views: int = 8
+    crop_scale: float | None = None  # smallest random-resized-crop area; None: the recipe's or CoOp's 0.08
     encode_batch_size: int = 64
 
 

@@ -3,8 +3,9 @@
 A scene is a few objects of one shape and colour on a grey-scale textured background. The
 captions a toy CLIP is pretrained on always tell the shape, usually the colour, and only
 sometimes the count, the size or the background, in varied and occasionally wrong words.
-So zero-shot CLIP knows shapes and colours fairly well and backgrounds and counts poorly:
-useful, far from perfect, and with room for prompt tuning to help.
+So zero-shot CLIP knows shapes and colours fairly well and backgrounds and counts poorly;
+the toy tasks also fade the objects towards the background (`fade`), which pretraining
+never shows. Zero-shot is useful, far from perfect, and prompt tuning has room to help.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class Scene:
     objects: tuple[Object, ...]
     texture: str
     shade: int  # background grey level
+    fade: float = 0.0  # blend of the objects' colour towards the background grey (rare in pretraining)
 
     @property
     def count(self) -> int:
@@ -67,18 +69,21 @@ def make_scene(
     colours: list[str] | None = None,
     count: int | None = None,
     texture: str | None = None,
+    fade: float = 0.0,
+    radius: int | None = None,
 ) -> Scene:
     """A random scene; pass attributes to fix them (one shape and colour per scene unless lists give several)."""
     count = count or int(rng.integers(1, 5))
     shapes = shapes or [SHAPES[rng.integers(len(SHAPES))]]
     colours = colours or [list(COLOURS)[rng.integers(len(COLOURS))]]
-    radius = int(rng.integers(6, 9)) if count == 1 else int(rng.integers(4, 6))
+    if radius is None:
+        radius = int(rng.integers(6, 9)) if count == 1 else int(rng.integers(4, 6))
     objects = tuple(
         Object(shapes[i % len(shapes)], colours[i % len(colours)], centre, radius)
         for i, centre in enumerate(_cells(count, rng, radius))
     )
     texture = texture or TEXTURES[rng.integers(len(TEXTURES))]
-    return Scene(objects, texture, int(rng.integers(60, 130)))
+    return Scene(objects, texture, int(rng.integers(60, 130)), fade)
 
 
 def _background(scene: Scene, rng: np.random.Generator) -> np.ndarray:
@@ -113,7 +118,10 @@ def render(scene: Scene, rng: np.random.Generator) -> Image.Image:
     image = Image.fromarray(_background(scene, rng))
     draw = ImageDraw.Draw(image)
     for obj in scene.objects:
-        colour = tuple(int(np.clip(c + rng.normal(0, 12), 0, 255)) for c in COLOURS[obj.colour])
+        colour = tuple(
+            int(np.clip((1 - scene.fade) * c + scene.fade * scene.shade + rng.normal(0, 12), 0, 255))
+            for c in COLOURS[obj.colour]
+        )
         (cx, cy), r = obj.centre, obj.radius
         if obj.shape == "circle":
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
