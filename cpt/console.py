@@ -7,6 +7,7 @@ stderr; `--quiet` silences bars and info messages but never warnings or errors.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Iterable, Iterator, TypeVar
 
@@ -31,9 +32,14 @@ def setup(quiet: bool = False) -> None:
     _state["quiet"] = quiet
     log.setLevel(logging.INFO)
     for handler in list(log.handlers):
-        if isinstance(handler, RichHandler):
+        if getattr(handler, "cpt_console", False):
             log.removeHandler(handler)
-    handler = RichHandler(console=console, show_time=False, show_path=False, markup=False)
+    if console.is_terminal:
+        handler: logging.Handler = RichHandler(console=console, show_time=False, show_path=False, markup=False)
+    else:  # pipes and log files get whole lines, never wrapped paths
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    handler.cpt_console = True
     handler.setLevel(logging.WARNING if quiet else logging.INFO)
     log.addHandler(handler)
     log.propagate = False

@@ -14,6 +14,7 @@ import torch
 
 from cpt import data as D
 from cpt import run as R
+from cpt.artifact import load_run
 from cpt.backbone import load_backbone
 from cpt.console import log
 from cpt.errors import CptError
@@ -122,29 +123,21 @@ def evaluate_target(req: EvalRequest) -> tuple[Path, pd.DataFrame]:
     """Evaluate a run (its test split or `--data`) or a backbone zero-shot on `--data`."""
     is_run = (Path(req.target) / R.CONFIG).exists()
     if is_run:
-        config = R.read_config(Path(req.target))
-        if config.get("multi_label"):
+        if R.read_config(Path(req.target)).get("multi_label"):
             raise CptError(
                 f"{req.target} is a multi-label run: its test mAP is in {req.target}/metrics.csv; "
                 "re-evaluating multi-label runs with `cpt eval` is not supported yet."
             )
-        options = {**config["request"], **({"templates": req.templates} if req.templates else {})}
-        checkpoint = R.load_checkpoint(Path(req.target))
-        if not checkpoint or not checkpoint.get("done"):
-            raise CptError(f"The run {req.target} has not finished training; finish it with `cpt fit --resume {req.target}`.")
+        config, backbone, method = load_run(Path(req.target), req.device, req.precision, req.clip_cache, req.templates)
+        options = config["request"]
     elif req.data is None:
         raise CptError(
             f"{req.target} is not a run directory (no {R.CONFIG}). To evaluate a backbone zero-shot, "
             "also pass --data FOLDER."
         )
     else:
-        options = {"method": "zeroshot", "backbone": req.target, "templates": req.templates or [], "device": "auto", "precision": "fp32"}
-    backbone = load_backbone(
-        options["backbone"], req.device or options["device"], req.precision or options["precision"],
-        req.clip_cache or options.get("clip_cache"),
-    )
-    if is_run and backbone.checksum != config["backbone"]["sha256"]:
-        log.warning("the backbone's checksum differs from the one this run was trained with")
+        options = {"method": "zeroshot", "backbone": req.target, "templates": req.templates or []}
+        backbone = load_backbone(req.target, req.device or "auto", req.precision or "fp32", req.clip_cache)
     cache_dir = req.cache_dir or options.get("cache_dir")
     cache = FeatureCache(backbone, Path(cache_dir) if cache_dir else None)
     if is_run:
@@ -159,8 +152,6 @@ def evaluate_target(req: EvalRequest) -> tuple[Path, pd.DataFrame]:
                 raise CptError(f"This run has tasks {', '.join(names)}: name the one --data belongs to with --task.")
             i = names.index(chosen)
             tasks, index = [_eval_task(req.data, chosen, req.seed, run_tasks[i]["classnames"])], [i]
-        method = build_method(options["method"], backbone, [t["classnames"] for t in run_tasks], options)
-        method.load_state(checkpoint["state"])
     else:
         tasks, index = [_eval_task(req.data, Path(req.data).stem or "data", req.seed, None)], [0]
         method = build_method("zeroshot", backbone, [tasks[0].classnames], options)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from cpt_datasets.recipes import RECIPES
 
 from cpt import data as D
 from cpt import run as R
@@ -25,7 +26,6 @@ from cpt.io import write_csv
 from cpt.methods import METHODS, Method, TaskData, build_method, config_from
 from cpt.options import FitRequest, FitResult
 from cpt.train import TrainConfig, coop_epochs, train
-from cpt_datasets.recipes import RECIPES
 
 
 def _load_tasks(

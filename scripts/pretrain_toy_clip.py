@@ -10,11 +10,13 @@ state dict is saved in fp16 (as OpenAI's are) and gzipped: the zero rows compres
 
 Command (seed 0), as run for the shipped checkpoint:
 
-    python scripts/pretrain_toy_clip.py --steps 1500 --seed 0
+    python scripts/pretrain_toy_clip.py --steps 1200 --seed 0
 
-It took RESULT_TIME on a 2-core CPU (no GPU), this project's development machine.
-Zero-shot accuracy of the result ("a photo of a {}."), `cpt fit --method zeroshot --tasks toy
---backbone toy`: RESULT_ZS.
+It took 613 s (1,200 steps of batch 256 from 40,000 pairs) on the project's 2-core CPU
+development machine, no GPU, while other jobs shared the cores; the gzipped file is 2.7 MB.
+Zero-shot test accuracy of the result with "a photo of a {}." (`cpt fit --method zeroshot
+--tasks toy --backbone toy`): shape 59.6, colour 75.3, count 43.1, size 70.0 (chance 16.7,
+12.5, 25, 50); mean 62.0.
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ def full_vocabulary_state(model: CLIP, vocab: list[int]) -> dict[str, torch.Tens
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--pairs", type=int, default=40000)
     parser.add_argument("--lr", type=float, default=2e-3)

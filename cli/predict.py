@@ -1,0 +1,65 @@
+"""`cpt predict`: parse options, delegate to cpt.predict, stream CSV or JSON lines."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional, TextIO
+
+import typer
+from cpt_cli.app import app, command
+
+from cpt import artifact as A
+from cpt.io import atomic_path
+from cpt.predict import list_images, predict
+
+
+def _write(rows, fh: TextIO, jsonl: bool) -> int:
+    n = 0
+    writer = None if jsonl else csv.writer(fh, lineterminator="\n")
+    if writer:
+        writer.writerow(["path", "task", "rank", "class", "score"])
+    for p in rows:
+        if jsonl:
+            fh.write(json.dumps({"path": p.path, "task": p.task, "classes": p.classes, "scores": p.scores,
+                                 "logits": p.logits}) + "\n")
+        else:
+            for rank, (c, s) in enumerate(zip(p.classes, p.scores), start=1):
+                writer.writerow([p.path, p.task, rank, c, f"{s:.6f}"])
+        fh.flush()
+        n += 1
+    return n
+
+
+@app.command("predict", epilog="""Examples:
+
+  cpt predict runs/pets-coop photos/ --top-k 3 > preds.csv
+
+  cpt export runs/pets-coop --out pets.pt && cpt predict pets.pt new/*.jpg --jsonl | jq .classes
+
+  cpt predict runs/coco-scpnet images/ --threshold 0.7 --out labels.csv
+""")
+@command
+def predict_cmd(
+    source: Annotated[Path, typer.Argument(help="A run directory or an exported classifier (.pt).")],
+    images: Annotated[list[str], typer.Argument(help="Image files and/or folders (searched recursively).")],
+    task: Annotated[Optional[str], typer.Option(help="Only this task (default: every task).")] = None,
+    top_k: Annotated[int, typer.Option(help="Single-label: how many classes per image.")] = 1,
+    threshold: Annotated[float, typer.Option(help="Multi-label: report classes whose sigmoid score is at least this.")] = 0.5,
+    out: Annotated[Optional[Path], typer.Option(help="Write here instead of stdout.")] = None,
+    jsonl: Annotated[bool, typer.Option("--jsonl", help="JSON lines (with every class's logit) instead of CSV.")] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    quiet: Annotated[bool, typer.Option(help="No progress bars or info messages.")] = False,
+) -> None:
+    """Label images: top-k classes (single-label) or the classes above a threshold (multi-label)."""
+    artifact, backbone = A.load(source, device)
+    rows = predict(artifact, backbone, list_images(images), task, top_k, threshold)
+    if out is None:
+        _write(rows, sys.stdout, jsonl)
+        return
+    with atomic_path(out) as tmp, open(tmp, "w", newline="") as fh:
+        n = _write(rows, fh, jsonl)
+    if not quiet:
+        typer.echo(f"wrote {n} predictions to {out}", err=True)

@@ -1,0 +1,139 @@
+"""A trained run as a standalone classifier: one class-embedding matrix per task.
+
+After training the prompts are constant, so the text side collapses to `Classifier`s
+(weight, scale, bias) per task. An `Artifact` is those plus what is needed to use them:
+class and task names, the backbone's identity and the preprocessing. `cpt export` writes it,
+`cpt predict` reads it (or builds it from a run directory on the fly).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cpt import __version__
+from cpt import run as R
+from cpt.backbone import Backbone, load_backbone
+from cpt.console import log
+from cpt.errors import CptError
+from cpt.methods import Classifier, Method, build_method
+
+FORMAT = "cpt-classifier/1"
+
+
+@dataclass
+class Artifact:
+    """Per-task frozen classifiers and everything needed to apply them to images."""
+
+    tasks: list[str]
+    classnames: list[list[str]]
+    classifiers: list[Classifier]
+    backbone: dict  # spec, sha256, precision, geometry
+    preprocess: dict  # resolution, mean, std, interpolation
+    method: str
+    multi_label: bool = False
+
+    def task_index(self, task: str | None) -> list[int]:
+        """Indices of the tasks to use: the named one, or all."""
+        if task is None:
+            return list(range(len(self.tasks)))
+        if task not in self.tasks:
+            raise CptError(f"--task {task!r} is not one of this classifier's tasks: {', '.join(self.tasks)}.")
+        return [self.tasks.index(task)]
+
+    def to_dict(self) -> dict:
+        """Plain tensors, strings and numbers: loads with `torch.load(weights_only=True)`."""
+        return {
+            "format": FORMAT,
+            "cpt_version": __version__,
+            "method": self.method,
+            "multi_label": self.multi_label,
+            "backbone": self.backbone,
+            "preprocess": self.preprocess,
+            "tasks": [
+                {"name": name, "classnames": names, "weight": c.weight, "scale": c.scale, "bias": c.bias}
+                for name, names, c in zip(self.tasks, self.classnames, self.classifiers)
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Artifact":
+        if d.get("format") != FORMAT:
+            raise CptError(f"This file is not a cpt classifier export (format {d.get('format')!r}, expected {FORMAT}).")
+        return cls(
+            tasks=[t["name"] for t in d["tasks"]],
+            classnames=[t["classnames"] for t in d["tasks"]],
+            classifiers=[Classifier(t["weight"], t["scale"], t["bias"]) for t in d["tasks"]],
+            backbone=d["backbone"],
+            preprocess=d["preprocess"],
+            method=d["method"],
+            multi_label=d["multi_label"],
+        )
+
+
+def load_run(run: Path, device: str | None = None, precision: str | None = None,
+             clip_cache: str | None = None, templates: list[str] | None = None) -> tuple[dict, Backbone, Method]:
+    """A finished run's config, its backbone and its method with the learned state loaded."""
+    config = R.read_config(run)
+    checkpoint = R.load_checkpoint(run)
+    if not checkpoint or not checkpoint.get("done"):
+        raise CptError(f"The run {run} has not finished training; finish it with `cpt fit --resume {run}`.")
+    options = {**config["request"], **({"templates": templates} if templates else {})}
+    backbone = load_backbone(options["backbone"], device or options["device"], precision or options["precision"],
+                             clip_cache or options.get("clip_cache"))
+    if backbone.checksum != config["backbone"]["sha256"]:
+        log.warning("the backbone's checksum differs from the one run %s was trained with", run)
+    method = build_method(options["method"], backbone, [t["classnames"] for t in config["tasks"]], options)
+    method.load_state(checkpoint["state"])
+    return config, backbone, method
+
+
+def _artifact(backbone: Backbone, method: Method, tasks: list[str], multi_label: bool) -> Artifact:
+    d = backbone.describe()
+    return Artifact(
+        tasks=tasks,
+        classnames=method.classnames,
+        classifiers=method.classifiers(),
+        backbone={k: d[k] for k in ("spec", "sha256", "precision", "geometry")},
+        preprocess=d["preprocess"],
+        method=method.name,
+        multi_label=multi_label,
+    )
+
+
+def from_run(run: Path, device: str | None = None) -> tuple[Artifact, Backbone]:
+    """The run's classifiers (text features computed once, here)."""
+    config, backbone, method = load_run(run, device)
+    return _artifact(backbone, method, [t["name"] for t in config["tasks"]], bool(config.get("multi_label"))), backbone
+
+
+def zero_shot(backbone_spec: str, classes: Path, templates: list[str] | None = None, device: str = "auto",
+              clip_cache: str | None = None) -> tuple[Artifact, Backbone]:
+    """A zero-shot classifier from a class-name file (one name per line), built from templates."""
+    if not Path(classes).is_file():
+        raise CptError(f"--classes {classes} does not exist; give a text file with one class name per line.")
+    names = [line.strip().replace("_", " ") for line in Path(classes).read_text().splitlines() if line.strip()]
+    if not names:
+        raise CptError(f"--classes {classes} holds no class name.")
+    backbone = load_backbone(backbone_spec, device, "fp32", clip_cache)
+    method = build_method("zeroshot", backbone, [names], {"templates": templates or []})
+    return _artifact(backbone, method, [Path(classes).stem], False), backbone
+
+
+def load(path: Path, device: str = "auto", clip_cache: str | None = None) -> tuple[Artifact, Backbone]:
+    """A run directory or an exported .pt, with its backbone loaded (checksum verified)."""
+    path = Path(path)
+    if (path / R.CONFIG).exists():
+        return from_run(path, device)
+    if not path.is_file():
+        raise CptError(f"{path} is neither a cpt run directory nor an exported classifier (.pt).")
+    try:
+        artifact = Artifact.from_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except (RuntimeError, KeyError, ValueError, EOFError) as exc:
+        raise CptError(f"Could not read {path} as a cpt classifier export ({exc}).") from exc
+    backbone = load_backbone(artifact.backbone["spec"], device, artifact.backbone["precision"], clip_cache)
+    if backbone.checksum != artifact.backbone["sha256"]:
+        log.warning("backbone %s differs from the one this classifier was exported with", artifact.backbone["spec"])
+    return artifact, backbone

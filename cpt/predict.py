@@ -1,0 +1,78 @@
+"""`cpt predict`: label images with a run or an exported classifier, one record per image.
+
+Single-label records hold the top-k classes with softmax probabilities; multi-label
+records hold every class's sigmoid score and the classes at or above the threshold.
+Unreadable files are reported and skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from cpt.artifact import Artifact
+from cpt.backbone import Backbone
+from cpt.console import log
+from cpt.data import IMAGE_EXTENSIONS
+from cpt.errors import CptError
+from cpt.features import FeatureCache
+
+
+@dataclass
+class Prediction:
+    path: str
+    task: str
+    classes: list[str]  # top-k (single-label) or those above the threshold (multi-label)
+    scores: list[float]  # their probabilities
+    logits: list[float]  # every class, in class order
+
+
+def list_images(inputs: list[str]) -> list[Path]:
+    """Image files named directly, plus the image files under named folders (recursive, sorted)."""
+    found: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        elif p.exists():
+            found.append(p)
+        else:
+            raise CptError(f"{item} does not exist; give image files or folders of images.")
+    if not found:
+        raise CptError(f"No image files found in {', '.join(inputs)}.")
+    return found
+
+
+def predict(artifact: Artifact, backbone: Backbone, images: list[Path], task: str | None = None, top_k: int = 1,
+            threshold: float = 0.5, batch: int = 256, cache: FeatureCache | None = None) -> Iterator[Prediction]:
+    """Predictions for `images`, batch by batch, so output can stream."""
+    tasks = artifact.task_index(task)
+    cache = cache or FeatureCache(backbone)
+    for start in range(0, len(images), batch):
+        chunk = images[start : start + batch]
+        before = set(cache.stats.failed)
+        feats = cache.features(chunk, None, "Predicting")
+        for path in set(cache.stats.failed) - before:
+            log.warning("skipped %s: %s", path, cache.stats.failed[path])
+        ok = [i for i, p in enumerate(chunk) if str(p) not in cache.stats.failed]
+        if not ok:
+            continue
+        feats = feats[torch.tensor(ok)]
+        for t in tasks:
+            logits = artifact.classifiers[t].logits(feats)
+            names = artifact.classnames[t]
+            for row, i in zip(logits, ok):
+                yield _record(str(chunk[i]), artifact.tasks[t], names, row, artifact.multi_label, top_k, threshold)
+
+
+def _record(path: str, task: str, names: list[str], logits: torch.Tensor, multi: bool, k: int, threshold: float) -> Prediction:
+    if multi:
+        probs = torch.sigmoid(logits)
+        chosen = [i for i in probs.argsort(descending=True, stable=True).tolist() if probs[i] >= threshold]
+    else:
+        probs = torch.softmax(logits, dim=0)
+        chosen = probs.argsort(descending=True, stable=True)[: min(k, len(names))].tolist()
+    return Prediction(path, task, [names[i] for i in chosen], [float(probs[i]) for i in chosen], logits.tolist())
