@@ -59,19 +59,22 @@ def single_label_metrics(preds: TaskPredictions) -> dict[str, float]:
 
 
 def per_class_frame(preds: TaskPredictions) -> pd.DataFrame:
-    """One row per class: task, class, accuracy, precision, recall, f1 (percent; NaN without support), support."""
+    """One row per class, in class order: task, class, accuracy, precision, recall, f1 (percent), support.
+
+    Undefined values are NaN rather than 0: accuracy and recall without support, precision for a
+    class never predicted, F1 for a class neither present nor predicted (the classes macro-F1 skips).
+    """
     precision, recall, f1, support = precision_recall_fscore_support(
-        preds.y_true, preds.y_pred, labels=preds.labels, zero_division=0
+        preds.y_true, preds.y_pred, labels=preds.labels, zero_division=np.nan
     )
-    accuracy = np.where(support > 0, 100.0 * recall, np.nan)
     return pd.DataFrame(
         {
             "task": preds.task,
             "class": preds.classnames,
-            "accuracy": accuracy,
+            "accuracy": 100.0 * recall,
             "precision": 100.0 * precision,
-            "recall": accuracy,
-            "f1": np.where(support > 0, 100.0 * f1, np.nan),
+            "recall": 100.0 * recall,
+            "f1": 100.0 * f1,
             "support": support,
         }
     )
@@ -83,7 +86,7 @@ def metrics_frame(all_preds: list[TaskPredictions], split: str) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=["task", "split", "metric", "value"])
     if len(all_preds) > 1:
         mean = frame.groupby("metric", sort=False)["value"].mean()
-        mean["n_images"] = frame.loc[frame.metric == "n_images", "value"].sum()
+        pass
         frame = pd.concat(
             [frame, pd.DataFrame({"task": "mean", "split": split, "metric": mean.index, "value": mean.values})],
             ignore_index=True,

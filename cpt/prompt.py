@@ -17,7 +17,7 @@ from clip.model import CLIP
 from torch import Tensor, nn
 
 from cpt.errors import CptError
-from cpt.text import encode_embeddings, special_ids, word_ids
+from cpt.text import encode_embeddings, encode_shared_prefix, special_ids, word_ids
 
 POSITIONS = ("end", "middle", "front")
 log = logging.getLogger("cpt")
@@ -69,6 +69,7 @@ class ClassPrompts(nn.Module):
     def __init__(self, model: CLIP, classnames: list[str], cfg: PromptConfig) -> None:
         super().__init__()
         self.n_ctx = cfg.n_ctx
+        self.shared_prefix = cfg.position == "end"
         ctx_ids = word_ids(cfg.ctx_init) if cfg.ctx_init else word_ids("X") * cfg.n_ctx
         room = model.context_length - 3 - cfg.n_ctx  # SOS, period, EOS
         rows, slots = [], []
@@ -106,7 +107,15 @@ class ClassPrompts(nn.Module):
         return self.base.scatter(1, index, ctx)  # differentiable w.r.t. ctx
 
     def encode(self, model: CLIP, ctx: Tensor) -> Tensor:
-        """Text features (n_cls, embed_dim) of the class prompts under `ctx`."""
+        """Text features (n_cls, embed_dim) of the class prompts under `ctx`.
+
+        A generic context before the class name is a prefix shared by every class: it is
+        encoded once (`encode_shared_prefix`); otherwise each prompt is encoded up to its EOT.
+        """
+        if self.shared_prefix and ctx.dim() == 2:
+            n = 1 + self.n_ctx
+            prefix = torch.cat([self.base[:1, :1], ctx.to(self.base.dtype).unsqueeze(0)], dim=1)  # (1, n, width)
+            return encode_shared_prefix(model, prefix, self.base[:, n:], self.eot)
         return encode_embeddings(model, self.fill(ctx), self.eot)
 
 

@@ -9,12 +9,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from cpt.io import atomic_path, write_text  # noqa: E402
 from cpt.metrics import TaskPredictions, confusion  # noqa: E402
 
-HEADLINE = ["accuracy", "mean_per_class_accuracy", "macro_f1"]
+HEADLINE = {"accuracy": "accuracy", "mean_per_class_accuracy": "mean per-class acc.", "macro_f1": "macro-F1"}
 
 
 def safe_name(name: str) -> str:
@@ -39,7 +40,7 @@ def plot_confusion(preds: TaskPredictions, path: Path) -> None:
         ax.set_xticks(range(n), preds.classnames, rotation=90)
         ax.set_yticks(range(n), preds.classnames)
     if n <= 20:
-        for (i, j), v in pd.DataFrame(matrix).stack().items():
+        for (i, j), v in np.ndenumerate(matrix):
             if v:
                 ax.text(j, i, str(v), ha="center", va="center", color="white" if v > matrix.max() / 2 else "black")
     ax.set_xlabel("predicted")
@@ -48,14 +49,14 @@ def plot_confusion(preds: TaskPredictions, path: Path) -> None:
     _save(fig, path)
 
 
-def plot_per_class(per_class: pd.DataFrame, task: str, path: Path) -> None:
-    """Horizontal bars of per-class accuracy, worst at the top."""
-    rows = per_class[per_class.task == task].dropna(subset=["accuracy"]).sort_values("accuracy", ascending=False)
+def plot_class_bars(per_class: pd.DataFrame, task: str, column: str, label: str, path: Path) -> None:
+    """Horizontal bars of a per-class percentage (accuracy, AP), best at the top."""
+    rows = per_class[per_class.task == task].dropna(subset=[column]).sort_values(column)
     fig, ax = plt.subplots(figsize=(6, min(1 + 0.25 * len(rows), 30)))
-    ax.barh(rows["class"].astype(str), rows["accuracy"], color="tab:blue")
+    ax.barh(rows["class"].astype(str), rows[column], color="tab:blue")
     ax.set_xlim(0, 100)
-    ax.set_xlabel("accuracy (%)")
-    ax.set_title(f"{task}: per-class accuracy")
+    ax.set_xlabel(f"{label} (%)")
+    ax.set_title(f"{task}: per-class {label}")
     _save(fig, path)
 
 
@@ -79,14 +80,14 @@ def write_single_label_report(
     """report.md plus confusion_<task>.png and per_class_<task>.png for every task; returns report.md."""
     out_dir = Path(out_dir)
     wide = metrics.pivot_table(index="task", columns="metric", values="value", sort=False)
-    headline = wide[[c for c in HEADLINE if c in wide.columns]].reset_index()
+    headline = wide[list(HEADLINE)].rename(columns=HEADLINE).reset_index()
     lines = [f"# {title}", "", "| setting | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in details.items()]
     lines += ["", "## Results (percent)", "", _markdown(headline)]
     for preds in all_preds:
         stem = safe_name(preds.task)
         plot_confusion(preds, out_dir / f"confusion_{stem}.png")
-        plot_per_class(per_class, preds.task, out_dir / f"per_class_{stem}.png")
+        plot_class_bars(per_class, preds.task, "accuracy", "accuracy", out_dir / f"per_class_{stem}.png")
         worst = per_class[per_class.task == preds.task].dropna(subset=["accuracy"]).nsmallest(5, "accuracy")
         lines += [
             f"## {preds.task}",
@@ -104,17 +105,6 @@ def write_single_label_report(
     return path
 
 
-def plot_average_precision(per_class: pd.DataFrame, task: str, path: Path) -> None:
-    """Horizontal bars of per-class AP, best at the top."""
-    rows = per_class[per_class.task == task].dropna(subset=["ap"]).sort_values("ap")
-    fig, ax = plt.subplots(figsize=(6, min(1 + 0.25 * len(rows), 30)))
-    ax.barh(rows["class"].astype(str), rows["ap"], color="tab:green")
-    ax.set_xlim(0, 100)
-    ax.set_xlabel("average precision (%)")
-    ax.set_title(f"{task}: per-class AP")
-    _save(fig, path)
-
-
 def write_multilabel_report(out_dir: Path, title: str, metrics: pd.DataFrame, per_class: pd.DataFrame,
                             details: dict[str, str]) -> Path:
     """report.md with mAP per task, classes left out of the mean, and per-class AP bars (ap_<task>.png)."""
@@ -125,7 +115,7 @@ def write_multilabel_report(out_dir: Path, title: str, metrics: pd.DataFrame, pe
     for task in wide["task"]:
         rows = per_class[per_class.task == task]
         stem = safe_name(task)
-        plot_average_precision(per_class, task, out_dir / f"ap_{stem}.png")
+        plot_class_bars(per_class, task, "ap", "average precision", out_dir / f"ap_{stem}.png")
         excluded = rows[rows.ap.isna()]["class"].tolist()
         lines += [f"## {task}", "", f"Classes without a known positive (left out of mAP): {', '.join(excluded) or 'none'}.", "",
                   _markdown(rows.sort_values("ap")[["class", "ap", "positives", "support"]].head(5)),

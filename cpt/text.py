@@ -11,6 +11,7 @@ import functools
 
 import clip
 import torch
+import torch.nn.functional as F
 from clip.model import CLIP
 from clip.simple_tokenizer import SimpleTokenizer
 from torch import Tensor
@@ -75,3 +76,46 @@ def encode_tokens(model: CLIP, tokens: Tensor, batch_size: int = 1024) -> Tensor
         chunk = chunk.to(device)
         out.append(encode_embeddings(model, model.token_embedding(chunk), chunk.argmax(dim=-1)))
     return torch.cat(out)
+
+
+def _heads(x: Tensor, n_heads: int) -> Tensor:
+    """(n, L, width) -> (n, heads, L, head_dim)."""
+    n, length, width = x.shape
+    return x.view(n, length, n_heads, width // n_heads).transpose(1, 2)
+
+
+def encode_shared_prefix(model: CLIP, prefix: Tensor, suffix: Tensor, eot: Tensor) -> Tensor:
+    """Text features of prompts that all start with the same `prefix` embeddings.
+
+    prefix (1, P, width): positions shared by every prompt (SOS + a generic context);
+    suffix (n, S, width): each prompt's remaining positions, EOT at `eot` (n,) counted in
+    the full prompt. Under the causal mask the prefix never sees the suffix, so its hidden
+    states are computed once and every suffix attends to the prefix's keys and values:
+    exact, and P times fewer positions per prompt than encoding each prompt whole.
+    """
+    dtype = model.dtype
+    p_len, s_len = prefix.shape[1], suffix.shape[1]
+    pos = model.positional_embedding.to(dtype)
+    xp = prefix.to(dtype) + pos[:p_len]  # (1, P, width)
+    xs = suffix.to(dtype) + pos[p_len : p_len + s_len]  # (n, S, width)
+    mask_p = causal_mask(p_len, xp.device, dtype)
+    mask_s = causal_mask(s_len, xs.device, dtype)
+    for block in model.transformer.resblocks:
+        attn = block.attn
+        heads = attn.num_heads
+        hp, hs = block.ln_1(xp), block.ln_1(xs)
+        qp, kp, vp = (_heads(t, heads) for t in F.linear(hp, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1))
+        qs, ks, vs = (_heads(t, heads) for t in F.linear(hs, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1))
+        scale = qp.shape[-1] ** -0.5
+        out_p = torch.softmax(qp @ kp.transpose(-1, -2) * scale + mask_p, dim=-1) @ vp  # (1, h, P, d)
+        # suffix queries see every prefix key and the suffix keys up to themselves
+        scores = torch.cat([qs @ kp.transpose(-1, -2), qs @ ks.transpose(-1, -2) + mask_s], dim=-1) * scale
+        weights = torch.softmax(scores, dim=-1)  # (n, h, S, P + S)
+        out_s = weights[..., :p_len] @ vp + weights[..., p_len:] @ vs  # (n, h, S, d)
+        xp = xp + attn.out_proj(out_p.transpose(1, 2).reshape(xp.shape))
+        xs = xs + attn.out_proj(out_s.transpose(1, 2).reshape(xs.shape))
+        xp = xp + block.mlp(block.ln_2(xp))
+        xs = xs + block.mlp(block.ln_2(xs))
+    xs = model.ln_final(xs).to(dtype)
+    rows = torch.arange(xs.shape[0], device=xs.device)
+    return xs[rows, (eot - p_len).to(xs.device)] @ model.text_projection  # (n, embed_dim)

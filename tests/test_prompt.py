@@ -64,3 +64,31 @@ def test_prompts_are_truncated_at_the_longest_eot():
 def test_bad_position_is_a_user_error():
     with pytest.raises(CptError, match="end, middle, front"):
         PromptConfig(position="left")
+
+
+@pytest.mark.parametrize("geometry", [TINY_VIT, TINY_RN], ids=["vit", "rn"])
+@pytest.mark.parametrize("position", ["end", "middle", "front"])
+@pytest.mark.parametrize("class_specific", [False, True], ids=["generic", "class-specific"])
+def test_fast_paths_match_full_context_encoding_in_value_and_gradient(geometry, position, class_specific):
+    """Shared-prefix / truncated encoding equals CLIP's encode_text over the full context."""
+    model = make_clip(geometry)
+    names = ["dog", "red sports car", "x", "sea lion of the north"]
+    cfg = PromptConfig(n_ctx=5, position=position, class_specific=class_specific)
+    prompts = ClassPrompts(model, names, cfg)
+    ctx = init_context(prompts, cfg, torch.Generator().manual_seed(0)).requires_grad_()
+    weights = torch.randn(len(names), geometry["embed_dim"])
+
+    fast = prompts.encode(model, ctx)
+    (fast * weights).sum().backward()
+    fast_grad, ctx.grad = ctx.grad.clone(), None
+
+    # plain path: the filled prompts padded to the full context and run through CLIP's code
+    full = torch.zeros(len(names), model.context_length, prompts.base.shape[-1])
+    full[:, : prompts.base.shape[1]] = prompts.fill(ctx)
+    x = full + model.positional_embedding
+    x = model.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)
+    plain = model.ln_final(x)[torch.arange(len(names)), prompts.eot] @ model.text_projection
+    (plain * weights).sum().backward()
+
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast_grad, ctx.grad, rtol=1e-3, atol=5e-5)  # fp32 sums in another order
