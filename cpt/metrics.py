@@ -86,7 +86,7 @@ def metrics_frame(all_preds: list[TaskPredictions], split: str) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=["task", "split", "metric", "value"])
     if len(all_preds) > 1:
         mean = frame.groupby("metric", sort=False)["value"].mean()
-        pass
+        mean["n_images"] = frame.loc[frame.metric == "n_images", "value"].sum()
         frame = pd.concat(
             [frame, pd.DataFrame({"task": "mean", "split": split, "metric": mean.index, "value": mean.values})],
             ignore_index=True,
