@@ -42,6 +42,9 @@ def fit_cmd(
     momentum: Annotated[float, typer.Option(help="SGD momentum.")] = DEFAULTS.momentum,
     weight_decay: Annotated[float, typer.Option(help="SGD weight decay.")] = DEFAULTS.weight_decay,
     warmup_epochs: Annotated[int, typer.Option(help="Epochs at the constant warm-up rate 1e-5.")] = DEFAULTS.warmup_epochs,
+    class_sample_rate: Annotated[float, typer.Option(help="Approximate: per step, encode the batch's classes plus this share of the others (0 = all).")] = DEFAULTS.class_sample_rate,
+    amp: Annotated[bool, typer.Option(help="Approximate: bf16 autocast of the training forward pass (GPU).")] = DEFAULTS.amp,
+    grad_checkpoint: Annotated[bool, typer.Option(help="Recompute text-encoder activations in backward: less memory, more time.")] = DEFAULTS.grad_checkpoint,
     n_ctx: Annotated[int, typer.Option(help="Context tokens of a learned prompt.")] = DEFAULTS.n_ctx,
     ctx_init: Annotated[str, typer.Option(help="Initialise the context from these words (e.g. 'a photo of a'); sets --n-ctx.")] = DEFAULTS.ctx_init,
     class_specific: Annotated[bool, typer.Option(help="One context per class (CoOp-CS) instead of one per task.")] = DEFAULTS.class_specific,
@@ -66,6 +69,7 @@ def fit_cmd(
             device=device, precision=precision, cache_dir=str(cache_dir) if cache_dir else None,
             clip_cache=str(clip_cache) if clip_cache else None, epochs=epochs, batch_size=batch_size, lr=lr,
             momentum=momentum, weight_decay=weight_decay, warmup_epochs=warmup_epochs, n_ctx=n_ctx,
+            class_sample_rate=class_sample_rate, amp=amp, grad_checkpoint=grad_checkpoint,
             ctx_init=ctx_init, class_specific=class_specific, position=class_token_position,
             templates=list(template or []), aug_views=aug_views, crop_scale=crop_scale,
         )

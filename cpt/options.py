@@ -28,6 +28,9 @@ class FitRequest:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_epochs: int = 1
+    class_sample_rate: float = 0.0
+    amp: bool = False
+    grad_checkpoint: bool = False
     n_ctx: int = 16
     ctx_init: str = ""
     class_specific: bool = False

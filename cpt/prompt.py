@@ -32,6 +32,7 @@ class PromptConfig:
     class_specific: bool = False
     position: str = "end"
     init_std: float = 0.02
+    grad_checkpoint: bool = False  # recompute text-encoder activations in backward (less memory)
 
     def __post_init__(self) -> None:
         if self.position not in POSITIONS:
@@ -70,6 +71,7 @@ class ClassPrompts(nn.Module):
         super().__init__()
         self.n_ctx = cfg.n_ctx
         self.shared_prefix = cfg.position == "end"
+        self.grad_checkpoint = cfg.grad_checkpoint
         ctx_ids = word_ids(cfg.ctx_init) if cfg.ctx_init else word_ids("X") * cfg.n_ctx
         room = model.context_length - 3 - cfg.n_ctx  # SOS, period, EOS
         rows, slots = [], []
@@ -97,26 +99,32 @@ class ClassPrompts(nn.Module):
     def n_cls(self) -> int:
         return self.base.shape[0]
 
-    def fill(self, ctx: Tensor) -> Tensor:
-        """Embeddings (n_cls, L, width) with `ctx` (n_ctx, width) or (n_cls, n_ctx, width) in the slots."""
-        n_cls, _, width = self.base.shape
-        ctx = ctx.to(self.base.dtype)
+    def fill(self, ctx: Tensor, rows: Tensor | None = None) -> Tensor:
+        """Embeddings (n, L, width) with `ctx` (n_ctx, width) or (n_cls, n_ctx, width) in the slots;
+        all classes, or the classes `rows`."""
+        base, slots = (self.base, self.slots) if rows is None else (self.base[rows], self.slots[rows])
+        ctx = ctx.to(base.dtype)
         if ctx.dim() == 2:
-            ctx = ctx.unsqueeze(0).expand(n_cls, -1, -1)
-        index = self.slots.unsqueeze(-1).expand(-1, -1, width)
-        return self.base.scatter(1, index, ctx)  # differentiable w.r.t. ctx
+            ctx = ctx.unsqueeze(0).expand(base.shape[0], -1, -1)
+        elif rows is not None:
+            ctx = ctx[rows]
+        index = slots.unsqueeze(-1).expand(-1, -1, base.shape[-1])
+        return base.scatter(1, index, ctx)  # differentiable w.r.t. ctx
 
-    def encode(self, model: CLIP, ctx: Tensor) -> Tensor:
-        """Text features (n_cls, embed_dim) of the class prompts under `ctx`.
+    def encode(self, model: CLIP, ctx: Tensor, rows: Tensor | None = None) -> Tensor:
+        """Text features (n, embed_dim) of the class prompts (all, or `rows`) under `ctx`.
 
         A generic context before the class name is a prefix shared by every class: it is
         encoded once (`encode_shared_prefix`); otherwise each prompt is encoded up to its EOT.
         """
+        eot = self.eot if rows is None else self.eot[rows]
         if self.shared_prefix and ctx.dim() == 2:
             n = 1 + self.n_ctx
+            base = self.base if rows is None else self.base[rows]
             prefix = torch.cat([self.base[:1, :1], ctx.to(self.base.dtype).unsqueeze(0)], dim=1)  # (1, n, width)
-            return encode_shared_prefix(model, prefix, self.base[:, n:], self.eot)
-        return encode_embeddings(model, self.fill(ctx), self.eot)
+            suffix = base[:, n : int(eot.max()) + 1]
+            return encode_shared_prefix(model, prefix, suffix, eot, self.grad_checkpoint)
+        return encode_embeddings(model, self.fill(ctx, rows), eot, self.grad_checkpoint)
 
 
 def init_context(prompts: ClassPrompts, cfg: PromptConfig, generator: torch.Generator | None = None) -> Tensor:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from clip.model import CLIP
 from clip.simple_tokenizer import SimpleTokenizer
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 
 @functools.cache
@@ -44,18 +45,26 @@ def causal_mask(length: int, device: torch.device, dtype: torch.dtype) -> Tensor
     return torch.full((length, length), float("-inf"), device=device, dtype=dtype).triu_(1)
 
 
-def run_blocks(model: CLIP, x: Tensor) -> Tensor:
-    """The text transformer over x (n, L, width) with a causal mask of size L."""
+def _block(block: torch.nn.Module, x: Tensor, mask: Tensor) -> Tensor:
+    h = block.ln_1(x)
+    x = x + block.attn(h, h, h, need_weights=False, attn_mask=mask)[0]
+    return x + block.mlp(block.ln_2(x))
+
+
+def run_blocks(model: CLIP, x: Tensor, grad_checkpoint: bool = False) -> Tensor:
+    """The text transformer over x (n, L, width) with a causal mask of size L.
+
+    `grad_checkpoint` recomputes each block's activations in the backward pass instead of
+    keeping them: less memory, about one more forward pass of time.
+    """
     mask = causal_mask(x.shape[1], x.device, x.dtype)
     x = x.permute(1, 0, 2)  # (L, n, width): clip's blocks are sequence-first
     for block in model.transformer.resblocks:
-        h = block.ln_1(x)
-        x = x + block.attn(h, h, h, need_weights=False, attn_mask=mask)[0]
-        x = x + block.mlp(block.ln_2(x))
+        x = checkpoint(_block, block, x, mask, use_reentrant=False) if grad_checkpoint else _block(block, x, mask)
     return x.permute(1, 0, 2)
 
 
-def encode_embeddings(model: CLIP, x: Tensor, eot: Tensor) -> Tensor:
+def encode_embeddings(model: CLIP, x: Tensor, eot: Tensor, grad_checkpoint: bool = False) -> Tensor:
     """Text features from token embeddings x (n, L, width) whose EOT sits at `eot` (n,).
 
     Only the first max(eot)+1 positions are computed. Returns (n, embed_dim), unnormalised,
@@ -63,7 +72,7 @@ def encode_embeddings(model: CLIP, x: Tensor, eot: Tensor) -> Tensor:
     """
     length = int(eot.max()) + 1
     x = x[:, :length].to(model.dtype) + model.positional_embedding[:length].to(model.dtype)
-    x = model.ln_final(run_blocks(model, x)).to(model.dtype)
+    x = model.ln_final(run_blocks(model, x, grad_checkpoint)).to(model.dtype)
     rows = torch.arange(x.shape[0], device=x.device)
     return x[rows, eot.to(x.device)] @ model.text_projection  # (n, embed_dim)
 
@@ -84,7 +93,26 @@ def _heads(x: Tensor, n_heads: int) -> Tensor:
     return x.view(n, length, n_heads, width // n_heads).transpose(1, 2)
 
 
-def encode_shared_prefix(model: CLIP, prefix: Tensor, suffix: Tensor, eot: Tensor) -> Tensor:
+def _shared_block(block: torch.nn.Module, xp: Tensor, xs: Tensor, mask_p: Tensor, mask_s: Tensor) -> tuple[Tensor, Tensor]:
+    """One block over the shared prefix xp (1, P, width) and the suffixes xs (n, S, width)."""
+    attn = block.attn
+    heads = attn.num_heads
+    hp, hs = block.ln_1(xp), block.ln_1(xs)
+    qp, kp, vp = (_heads(t, heads) for t in F.linear(hp, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1))
+    qs, ks, vs = (_heads(t, heads) for t in F.linear(hs, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1))
+    scale = qp.shape[-1] ** -0.5
+    out_p = torch.softmax(qp @ kp.transpose(-1, -2) * scale + mask_p, dim=-1) @ vp  # (1, h, P, d)
+    # suffix queries see every prefix key and the suffix keys up to themselves
+    scores = torch.cat([qs @ kp.transpose(-1, -2), qs @ ks.transpose(-1, -2) + mask_s], dim=-1) * scale
+    weights = torch.softmax(scores, dim=-1)  # (n, h, S, P + S)
+    p_len = xp.shape[1]
+    out_s = weights[..., :p_len] @ vp + weights[..., p_len:] @ vs  # (n, h, S, d)
+    xp = xp + attn.out_proj(out_p.transpose(1, 2).reshape(xp.shape))
+    xs = xs + attn.out_proj(out_s.transpose(1, 2).reshape(xs.shape))
+    return xp + block.mlp(block.ln_2(xp)), xs + block.mlp(block.ln_2(xs))
+
+
+def encode_shared_prefix(model: CLIP, prefix: Tensor, suffix: Tensor, eot: Tensor, grad_checkpoint: bool = False) -> Tensor:
     """Text features of prompts that all start with the same `prefix` embeddings.
 
     prefix (1, P, width): positions shared by every prompt (SOS + a generic context);
@@ -101,21 +129,10 @@ def encode_shared_prefix(model: CLIP, prefix: Tensor, suffix: Tensor, eot: Tenso
     mask_p = causal_mask(p_len, xp.device, dtype)
     mask_s = causal_mask(s_len, xs.device, dtype)
     for block in model.transformer.resblocks:
-        attn = block.attn
-        heads = attn.num_heads
-        hp, hs = block.ln_1(xp), block.ln_1(xs)
-        qp, kp, vp = (_heads(t, heads) for t in F.linear(hp, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1))
-        qs, ks, vs = (_heads(t, heads) for t in F.linear(hs, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1))
-        scale = qp.shape[-1] ** -0.5
-        out_p = torch.softmax(qp @ kp.transpose(-1, -2) * scale + mask_p, dim=-1) @ vp  # (1, h, P, d)
-        # suffix queries see every prefix key and the suffix keys up to themselves
-        scores = torch.cat([qs @ kp.transpose(-1, -2), qs @ ks.transpose(-1, -2) + mask_s], dim=-1) * scale
-        weights = torch.softmax(scores, dim=-1)  # (n, h, S, P + S)
-        out_s = weights[..., :p_len] @ vp + weights[..., p_len:] @ vs  # (n, h, S, d)
-        xp = xp + attn.out_proj(out_p.transpose(1, 2).reshape(xp.shape))
-        xs = xs + attn.out_proj(out_s.transpose(1, 2).reshape(xs.shape))
-        xp = xp + block.mlp(block.ln_2(xp))
-        xs = xs + block.mlp(block.ln_2(xs))
+        if grad_checkpoint:
+            xp, xs = checkpoint(_shared_block, block, xp, xs, mask_p, mask_s, use_reentrant=False)
+        else:
+            xp, xs = _shared_block(block, xp, xs, mask_p, mask_s)
     xs = model.ln_final(xs).to(dtype)
     rows = torch.arange(xs.shape[0], device=xs.device)
     return xs[rows, (eot - p_len).to(xs.device)] @ model.text_projection  # (n, embed_dim)

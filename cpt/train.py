@@ -33,6 +33,8 @@ class TrainConfig:
     warmup_epochs: int = 1
     warmup_lr: float = 1e-5
     seed: int = 0
+    class_sample_rate: float = 0.0  # approximate: per step, the batch's classes plus this share of the others
+    amp: bool = False  # approximate: bf16 autocast of the forward pass
 
 
 def coop_epochs(shots: int) -> int:
@@ -64,6 +66,16 @@ def _epoch_batches(data: list[TaskData], cfg: TrainConfig, epoch: int) -> list[t
     return batches
 
 
+def sample_classes(labels: torch.Tensor, n_classes: int, rate: float, gen: torch.Generator) -> torch.Tensor:
+    """Sorted class ids: those in `labels` plus ceil(rate x the others), drawn with `gen`."""
+    present = torch.zeros(n_classes, dtype=torch.bool)
+    present[labels.cpu()] = True
+    others = (~present).nonzero().flatten()
+    k = math.ceil(rate * len(others))
+    chosen = others[torch.randperm(len(others), generator=gen)[:k]]
+    return torch.cat([present.nonzero().flatten(), chosen]).sort().values
+
+
 def train(
     method: PromptMethod,
     data: list[TaskData],
@@ -91,13 +103,21 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = lr
         total, seen = 0.0, 0
+        class_gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch + 7)
         for task_ids, picks in _epoch_batches(data, cfg, epoch):
             loss = torch.zeros((), device=device)
-            for t in task_ids.unique().tolist():
-                rows = picks[task_ids == t]
-                feats = data[t].train_views[rows[:, 0], rows[:, 1]].to(device)
-                labels = data[t].train_labels[rows[:, 0]].to(device)
-                loss = loss + method.loss(method.logits(feats, t), labels, t)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                for t in task_ids.unique().tolist():
+                    rows = picks[task_ids == t]
+                    feats = data[t].train_views[rows[:, 0], rows[:, 1]].to(device)
+                    labels = data[t].train_labels[rows[:, 0]]
+                    classes = None
+                    if cfg.class_sample_rate > 0:
+                        classes = sample_classes(labels, len(data[t].classnames), cfg.class_sample_rate, class_gen)
+                        labels = torch.searchsorted(classes, labels)  # positions among the sampled classes
+                        classes = classes.to(device)
+                    logits = method.logits(feats, t, classes).float()
+                    loss = loss + method.loss(logits, labels.to(device), t)
             if not torch.isfinite(loss):
                 raise CptError(
                     f"The training loss became {loss.item()} in epoch {epoch + 1}. Lower --lr, or use "

@@ -94,12 +94,12 @@ class PromptMethod(Method, torch.nn.Module):
         Method.__init__(self, backbone, classnames, cfg)
 
     @abstractmethod
-    def class_weights(self, task: int) -> Tensor:
-        """Normalised class embeddings (n_cls, dim) of task `task`, differentiable."""
+    def class_weights(self, task: int, classes: Tensor | None = None) -> Tensor:
+        """Normalised class embeddings (n_cls, dim) of task `task` (or of its `classes`), differentiable."""
 
-    def logits(self, features: Tensor, task: int) -> Tensor:
-        """Training logits (n, n_cls) for image features of one task."""
-        weight = self.class_weights(task).float()
+    def logits(self, features: Tensor, task: int, classes: Tensor | None = None) -> Tensor:
+        """Training logits (n, n_cls) for image features of one task, over all or the given classes."""
+        weight = self.class_weights(task, classes).float()
         return self.logit_scale() * F.normalize(features.float(), dim=-1) @ weight.T
 
     def loss(self, logits: Tensor, labels: Tensor, task: int) -> Tensor:

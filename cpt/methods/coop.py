@@ -32,6 +32,6 @@ class CoOp(PromptMethod):
         self.prompts = nn.ModuleList(ClassPrompts(backbone.model, names, cfg) for names in classnames)
         self.ctx = nn.ParameterList(nn.Parameter(init_context(p, cfg, generator).float()) for p in self.prompts)
 
-    def class_weights(self, task: int) -> Tensor:
-        feats = self.prompts[task].encode(self.backbone.model, self.ctx[task])  # (n_cls, dim)
+    def class_weights(self, task: int, classes: Tensor | None = None) -> Tensor:
+        feats = self.prompts[task].encode(self.backbone.model, self.ctx[task], classes)  # (n_cls, dim)
         return F.normalize(feats.float(), dim=-1)

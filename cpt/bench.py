@@ -1,0 +1,180 @@
+"""`cpt bench`: the optimised training step against a naive CoOp-style step, same model and data.
+
+naive      every step encodes the batch's images and runs the text encoder over the full
+           context (77 tokens) for every class, as the reference implementations do;
+optimised  cached image features, and class prompts encoded once per shared prefix, each
+           class only up to its EOT (`ClassPrompts.encode`).
+
+Both compute the same logits (the largest difference is reported) and one SGD step on the
+context. Reported per (geometry, classes): median step time, steps/s, peak memory (max
+allocated on CUDA; on CPU the activations saved for backward) and naive/optimised.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from clip.model import CLIP
+
+from cpt.backbone import cast_weights, load_backbone, resolve_device
+from cpt.errors import CptError
+from cpt.prompt import ClassPrompts, PromptConfig, init_context
+
+_TEXT = dict(context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8, transformer_layers=12)
+GEOMETRIES: dict[str, dict | None] = {
+    "tiny": dict(embed_dim=32, image_resolution=32, vision_layers=2, vision_width=64, vision_patch_size=8,
+                 context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1, transformer_layers=2),
+    "toy": None,  # the shipped toy CLIP
+    "rn50": dict(embed_dim=1024, image_resolution=224, vision_layers=(3, 4, 6, 3), vision_width=64,
+                 vision_patch_size=None, **_TEXT),
+    "vit-b16": dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=16, **_TEXT),
+}
+WORDS = ["red", "small", "spotted", "northern", "great", "common", "sea", "garden", "wild", "giant", "snow", "river"]
+NOUNS = ["owl", "orchid", "terrier", "beetle", "sedan", "maple", "trout", "lily", "heron", "fern", "lynx", "moth"]
+
+
+@dataclass
+class BenchRow:
+    geometry: str
+    classes: int
+    path: str  # naive | optimised
+    step_ms: float
+    steps_per_s: float
+    peak_mb: float
+    speedup: float  # naive step time / this path's (1 for naive)
+    memory_ratio: float  # naive peak / this path's peak
+    max_logit_diff: float
+
+
+def class_names(n: int) -> list[str]:
+    """n distinct two- or three-word class names."""
+    return [f"{WORDS[i % 12]} {NOUNS[(i // 12) % 12]}" + (f" {i // 144}" if i >= 144 else "") for i in range(n)]
+
+
+def build_model(geometry: str, device: torch.device, precision: str) -> CLIP:
+    if geometry not in GEOMETRIES:
+        raise CptError(f"--geometry {geometry!r} is not one of {', '.join(GEOMETRIES)}.")
+    if GEOMETRIES[geometry] is None:
+        return load_backbone(geometry, str(device), precision).model
+    torch.manual_seed(0)
+    model = CLIP(**GEOMETRIES[geometry]).eval().requires_grad_(False)
+    return cast_weights(model, {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]).to(device)
+
+
+class PeakMemory:
+    """Peak memory of a training step: CUDA's max allocated; on CPU, where the allocator hides
+    the peak, the bytes of the distinct tensors autograd saves for the backward pass (the
+    activations, which dominate and which both paths trade in)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak = 0.0
+        self._seen: dict[tuple[int, int], int] = {}
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        self._seen[(t.data_ptr(), t.numel())] = t.numel() * t.element_size()
+        return t
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._base = torch.cuda.memory_allocated()
+        else:
+            self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+            self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak = (torch.cuda.max_memory_allocated() - self._base) / 2**20
+        else:
+            self._hooks.__exit__(*exc)
+            self.peak = sum(self._seen.values()) / 2**20
+
+
+def _naive_logits(model: CLIP, prompts: ClassPrompts, ctx: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        feats = model.encode_image(images)
+    emb = torch.zeros(prompts.n_cls, model.context_length, prompts.base.shape[-1], dtype=prompts.base.dtype,
+                      device=prompts.base.device)
+    emb[:, : prompts.base.shape[1]] = prompts.fill(ctx)  # the full 77-token context
+    x = emb.to(model.dtype) + model.positional_embedding.to(model.dtype)
+    x = model.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)
+    text = model.ln_final(x).to(model.dtype)[torch.arange(prompts.n_cls), prompts.eot] @ model.text_projection
+    return model.logit_scale.exp() * F.normalize(feats.float(), dim=-1) @ F.normalize(text.float(), dim=-1).T
+
+
+def _fast_logits(model: CLIP, prompts: ClassPrompts, ctx: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    text = prompts.encode(model, ctx)
+    return model.logit_scale.exp() * F.normalize(feats.float(), dim=-1) @ F.normalize(text.float(), dim=-1).T
+
+
+def bench_one(geometry: str, n_classes: int, device: torch.device, precision: str = "fp32", batch: int = 32,
+              repeats: int = 5, n_ctx: int = 16) -> list[BenchRow]:
+    """Time both paths on one model and class count."""
+    model = build_model(geometry, device, precision)
+    prompts = ClassPrompts(model, class_names(n_classes), PromptConfig(n_ctx=n_ctx))
+    res = model.visual.input_resolution
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, res, res, generator=gen).to(device, model.dtype)
+    labels = torch.randint(0, n_classes, (batch,), generator=gen).to(device)
+    with torch.no_grad():
+        cached = model.encode_image(images)  # what the feature cache would hold
+    results = {}
+    for path in ("naive", "optimised"):
+        torch.manual_seed(0)
+        ctx = torch.nn.Parameter(init_context(prompts, PromptConfig(n_ctx=n_ctx), torch.Generator().manual_seed(1)).float())
+        opt = torch.optim.SGD([ctx], lr=0.002, momentum=0.9)
+        times, peak, logits = [], 0.0, None
+        for i in range(repeats + 1):  # the first step warms up
+            with PeakMemory(device) as mem:
+                t0 = time.perf_counter()
+                out = _naive_logits(model, prompts, ctx, images) if path == "naive" else _fast_logits(model, prompts, ctx, cached)
+                if i == 0:
+                    logits = out.detach()
+                F.cross_entropy(out, labels).backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                elapsed = time.perf_counter() - t0
+            if i:
+                times.append(elapsed)
+                peak = max(peak, mem.peak)
+        results[path] = (statistics.median(times), peak, logits)
+    naive_t, naive_m, naive_logits = results["naive"]
+    rows = []
+    for path, (t, m, logits) in results.items():
+        rows.append(BenchRow(geometry, n_classes, path, 1000 * t, 1 / t, m, naive_t / t, naive_m / max(m, 1e-6),
+                             float((logits - naive_logits).abs().max())))
+    return rows
+
+
+def run_bench(geometries: list[str], classes: list[int], device: str = "auto", precision: str = "fp32",
+              repeats: int = 5) -> list[BenchRow]:
+    dev = resolve_device(device)
+    rows = []
+    for geometry in geometries:
+        for n in classes:
+            rows += bench_one(geometry, n, dev, precision, repeats=repeats)
+    return rows
+
+
+def machine() -> str:
+    """A one-line description of where the figures come from."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "CPU")
+    return f"{cpu}, {torch.get_num_threads()} threads"
+
+
+def as_dicts(rows: list[BenchRow]) -> list[dict]:
+    return [asdict(r) for r in rows]

@@ -1,0 +1,71 @@
+"""Approximate training options and `cpt bench` (its figures are not asserted: timing is not a test)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from cpt.prompt import ClassPrompts, PromptConfig, init_context
+from cpt.train import sample_classes
+from tests.conftest import TINY_VIT, make_clip
+from tests.test_cli_fit import accuracy, cli, fit_json
+
+NAMES = ["dog", "red sports car", "x", "sea lion of the north", "owl"]
+
+
+@pytest.mark.parametrize("position,class_specific", [("end", False), ("middle", False), ("end", True)])
+def test_a_class_subset_encodes_exactly_those_rows(position, class_specific):
+    model = make_clip(TINY_VIT)
+    cfg = PromptConfig(n_ctx=4, position=position, class_specific=class_specific)
+    prompts = ClassPrompts(model, NAMES, cfg)
+    ctx = init_context(prompts, cfg, torch.Generator().manual_seed(0))
+    rows = torch.tensor([0, 2, 4])
+    torch.testing.assert_close(prompts.encode(model, ctx, rows), prompts.encode(model, ctx)[rows], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("position", ["end", "front"])
+def test_gradient_checkpointing_changes_nothing_but_memory(position):
+    model = make_clip(TINY_VIT)
+    results = []
+    for flag in (False, True):
+        cfg = PromptConfig(n_ctx=4, position=position, grad_checkpoint=flag)
+        prompts = ClassPrompts(model, NAMES, cfg)
+        ctx = init_context(prompts, cfg, torch.Generator().manual_seed(0)).requires_grad_()
+        feats = prompts.encode(model, ctx)
+        feats.square().sum().backward()
+        results.append((feats.detach(), ctx.grad))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+
+
+def test_sampled_classes_keep_the_batch_labels():
+    labels = torch.tensor([3, 3, 7])
+    classes = sample_classes(labels, 20, 0.25, torch.Generator().manual_seed(0))
+    assert {3, 7} <= set(classes.tolist()) and len(classes) == 2 + math.ceil(0.25 * 18)
+    assert torch.equal(classes, classes.sort().values)
+    assert torch.searchsorted(classes, labels).tolist() == [classes.tolist().index(3)] * 2 + [classes.tolist().index(7)]
+
+
+def test_fit_with_every_approximate_option(tiny_clip, colours, tmp_path):
+    summary = fit_json("--method", "coop", "--tasks", f"colours={colours}", "--backbone", tiny_clip, "--shots", "4",
+                       "--epochs", "3", "--n-ctx", "4", "--class-sample-rate", "0.5", "--amp", "--grad-checkpoint",
+                       "--out", tmp_path / "r")
+    assert 0 <= accuracy(summary) <= 100
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["train"]["class_sample_rate"] == 0.5 and config["train"]["amp"]
+    assert config["method_config"]["grad_checkpoint"]
+
+
+def test_bench_compares_both_paths_on_identical_logits():
+    code, out, err = cli("bench", "--geometry", "tiny", "--classes", "10,60", "--repeats", "1", "--json", "--quiet")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["machine"]
+    rows = result["rows"]
+    assert [(r["classes"], r["path"]) for r in rows] == [(10, "naive"), (10, "optimised"), (60, "naive"), (60, "optimised")]
+    for naive, fast in (rows[0:2], rows[2:4]):
+        assert naive["speedup"] == 1 and fast["speedup"] == pytest.approx(naive["step_ms"] / fast["step_ms"])
+        assert fast["max_logit_diff"] < 1e-4 and fast["peak_mb"] > 0 and naive["peak_mb"] > 0
+    code, _, err = cli("bench", "--geometry", "huge")
+    assert code == 2 and "--geometry" in err
