@@ -25,15 +25,16 @@ def bench_cmd(
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     precision: Annotated[str, typer.Option(help="fp32, fp16 or bf16 for the frozen CLIP.")] = "fp32",
     repeats: Annotated[int, typer.Option(help="Timed steps per path (median reported), after one warm-up.")] = 5,
+    n_ctx: Annotated[int, typer.Option(help="Context tokens of the prompt.")] = 16,
     json_out: Annotated[bool, typer.Option("--json", help="Print the figures as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option(help="No table on stderr.")] = False,
 ) -> None:
     """Time the optimised training step against a naive CoOp loop (full context, images re-encoded)."""
     counts = [int(c) for c in classes.split(",") if c.strip()]
-    rows = run_bench(list(geometry or ["tiny", "toy"]), counts, device, precision, repeats)
+    rows = run_bench(list(geometry or ["tiny", "toy"]), counts, device, precision, repeats, n_ctx)
     where = machine()
     if json_out:
-        emit_json({"machine": where, "precision": precision, "rows": as_dicts(rows)})
+        emit_json({"machine": where, "precision": precision, "n_ctx": n_ctx, "rows": as_dicts(rows)})
     if quiet:
         return
     table = Table(title=f"cpt bench on {where} ({precision}); MB: activations (CPU) / max allocated (CUDA)")

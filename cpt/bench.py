@@ -158,12 +158,12 @@ def bench_one(geometry: str, n_classes: int, device: torch.device, precision: st
 
 
 def run_bench(geometries: list[str], classes: list[int], device: str = "auto", precision: str = "fp32",
-              repeats: int = 5) -> list[BenchRow]:
+              repeats: int = 5, n_ctx: int = 16) -> list[BenchRow]:
     dev = resolve_device(device)
     rows = []
     for geometry in geometries:
         for n in classes:
-            rows += bench_one(geometry, n, dev, precision, repeats=repeats)
+            rows += bench_one(geometry, n, dev, precision, repeats=repeats, n_ctx=n_ctx)
     return rows
 
 
