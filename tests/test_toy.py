@@ -2,6 +2,7 @@
 
 import gzip
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -88,6 +89,17 @@ def test_zero_shot_map_on_toy_ml_beats_random_scores(tmp_path):
     per_class = pd.read_csv(tmp_path / "ml" / "per_class.csv")
     assert len(per_class) == len(recipes.TOY_ML_LABELS) and {"ap", "positives", "support"} <= set(per_class.columns)
     assert (tmp_path / "ml" / "report.md").read_text().count("mAP") >= 1
+
+    # the multi-label run exports and predicts: every class scored, the set above the threshold
+    images = sorted((Path(config["tasks"][0]["source"]) / "images").glob("test_000*.png"))
+    code, out, err = cli("predict", tmp_path / "ml", *images, "--jsonl", "--threshold", "0.9", "--quiet")
+    assert code == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert len(records) == len(images) == 10
+    for r in records:
+        assert len(r["logits"]) == len(recipes.TOY_ML_LABELS)
+        scores = 1 / (1 + np.exp(-np.array(r["logits"])))
+        assert sorted(r["classes"]) == sorted(np.array([c.replace("_", " ") for c in recipes.TOY_ML_LABELS])[scores >= 0.9].tolist())
 
 
 def test_coop_on_multilabel_is_refused_clearly(tmp_path):
