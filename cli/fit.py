@@ -22,6 +22,8 @@ DEFAULTS = FitRequest()
 
   cpt fit --method zeroshot --tasks flowers=data/flowers --templates ensemble --json
 
+  cpt fit --method softcpt --tasks toy --backbone toy --shots 4
+
   cpt fit --resume runs/pets-coop
 """)
 @command
@@ -36,12 +38,16 @@ def fit_cmd(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = DEFAULTS.device,
     precision: Annotated[str, typer.Option(help="fp32, fp16 or bf16 for the frozen CLIP.")] = DEFAULTS.precision,
-    epochs: Annotated[Optional[int], typer.Option(help="Training epochs [default: CoOp's, by shots: 50/100/200].")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs [default: CoOp's by shots, 50/100/200; 50 for softcpt and coop-shared].")] = None,
     batch_size: Annotated[int, typer.Option(help="Training batch size.")] = DEFAULTS.batch_size,
     lr: Annotated[float, typer.Option(help="SGD learning rate.")] = DEFAULTS.lr,
     momentum: Annotated[float, typer.Option(help="SGD momentum.")] = DEFAULTS.momentum,
     weight_decay: Annotated[float, typer.Option(help="SGD weight decay.")] = DEFAULTS.weight_decay,
     warmup_epochs: Annotated[int, typer.Option(help="Epochs at the constant warm-up rate 1e-5.")] = DEFAULTS.warmup_epochs,
+    task_sampling: Annotated[str, typer.Option(help="Batches mix tasks in proportion to their images, or 'balanced'.")] = DEFAULTS.task_sampling,
+    variant: Annotated[str, typer.Option(help="SoftCPT: nata (default), nats, cata, csta, cats, csts.")] = DEFAULTS.variant,
+    task_n_ctx: Annotated[int, typer.Option(help="SoftCPT: context tokens of the task prompt.")] = DEFAULTS.task_n_ctx,
+    class_n_ctx: Annotated[int, typer.Option(help="SoftCPT class-feature variants: context tokens of the class prompt.")] = DEFAULTS.class_n_ctx,
     class_sample_rate: Annotated[float, typer.Option(help="Approximate: per step, encode the batch's classes plus this share of the others (0 = all).")] = DEFAULTS.class_sample_rate,
     amp: Annotated[bool, typer.Option(help="Approximate: bf16 autocast of the training forward pass (GPU).")] = DEFAULTS.amp,
     grad_checkpoint: Annotated[bool, typer.Option(help="Recompute text-encoder activations in backward: less memory, more time.")] = DEFAULTS.grad_checkpoint,
@@ -69,7 +75,8 @@ def fit_cmd(
             device=device, precision=precision, cache_dir=str(cache_dir) if cache_dir else None,
             clip_cache=str(clip_cache) if clip_cache else None, epochs=epochs, batch_size=batch_size, lr=lr,
             momentum=momentum, weight_decay=weight_decay, warmup_epochs=warmup_epochs, n_ctx=n_ctx,
-            class_sample_rate=class_sample_rate, amp=amp, grad_checkpoint=grad_checkpoint,
+            class_sample_rate=class_sample_rate, amp=amp, grad_checkpoint=grad_checkpoint, task_sampling=task_sampling,
+            variant=variant, task_n_ctx=task_n_ctx, class_n_ctx=class_n_ctx,
             ctx_init=ctx_init, class_specific=class_specific, position=class_token_position,
             templates=list(template or []), aug_views=aug_views, crop_scale=crop_scale,
         )

@@ -85,7 +85,8 @@ def load_run(run: Path, device: str | None = None, precision: str | None = None,
                              clip_cache or options.get("clip_cache"))
     if backbone.checksum != config["backbone"]["sha256"]:
         log.warning("the backbone's checksum differs from the one run %s was trained with", run)
-    method = build_method(options["method"], backbone, [t["classnames"] for t in config["tasks"]], options)
+    method = build_method(options["method"], backbone, [t["classnames"] for t in config["tasks"]], options,
+                          [t["title"] for t in config["tasks"]])
     method.load_state(checkpoint["state"])
     return config, backbone, method
 

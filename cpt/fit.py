@@ -25,7 +25,7 @@ from cpt.fit_ml import fit_multilabel
 from cpt.io import write_csv
 from cpt.methods import METHODS, Method, TaskData, build_method, config_from
 from cpt.options import FitRequest, FitResult
-from cpt.train import TrainConfig, coop_epochs, train
+from cpt.train import TASK_SAMPLING, TrainConfig, coop_epochs, train
 
 
 def _load_tasks(
@@ -85,7 +85,9 @@ def _task_data(uses: tuple[str, ...], task: D.Task, cache: FeatureCache, aug: Au
 
 def _train_config(req: FitRequest) -> TrainConfig:
     options = asdict(req)
-    options["epochs"] = req.epochs or coop_epochs(req.shots)
+    options["epochs"] = req.epochs or (50 if req.method in ("softcpt", "coop-shared") else coop_epochs(req.shots))
+    if req.task_sampling not in TASK_SAMPLING:
+        raise CptError(f"--task-sampling {req.task_sampling!r} must be one of {', '.join(TASK_SAMPLING)}.")
     return config_from(TrainConfig, options)
 
 
@@ -108,7 +110,7 @@ def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitRe
             return fit_multilabel(req, run, specs, t0)
         tasks, skipped = _load_tasks(req, specs, run, resume)
         backbone = load_backbone(req.backbone, req.device, req.precision, req.clip_cache)
-        method = build_method(req.method, backbone, [t.classnames for t in tasks], asdict(req))
+        method = build_method(req.method, backbone, [t.classnames for t in tasks], asdict(req), [t.title for t in tasks])
         train_cfg = _train_config(req)
         config = {
             "command": "fit",

@@ -22,12 +22,16 @@ class FitRequest:
     precision: str = "fp32"
     cache_dir: str | None = None
     clip_cache: str | None = None
-    epochs: int | None = None  # None: CoOp's budget for the number of shots
+    epochs: int | None = None  # None: CoOp's budget for the number of shots (50 for softcpt, coop-shared)
     batch_size: int = 32
     lr: float = 0.002
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_epochs: int = 1
+    task_sampling: str = "proportional"
+    variant: str = "nata"  # SoftCPT
+    task_n_ctx: int = 4  # SoftCPT
+    class_n_ctx: int = 4  # SoftCPT class-feature variants
     class_sample_rate: float = 0.0
     amp: bool = False
     grad_checkpoint: bool = False

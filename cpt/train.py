@@ -33,8 +33,12 @@ class TrainConfig:
     warmup_epochs: int = 1
     warmup_lr: float = 1e-5
     seed: int = 0
+    task_sampling: str = "proportional"  # or "balanced": every batch draws tasks uniformly
     class_sample_rate: float = 0.0  # approximate: per step, the batch's classes plus this share of the others
     amp: bool = False  # approximate: bf16 autocast of the forward pass
+
+
+TASK_SAMPLING = ("proportional", "balanced")
 
 
 def coop_epochs(shots: int) -> int:
@@ -56,8 +60,13 @@ def lr_at(epoch: int, cfg: TrainConfig) -> float:
 def _epoch_batches(data: list[TaskData], cfg: TrainConfig, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(task index, sample index) pairs of each batch of one epoch, shuffled under (seed, epoch)."""
     gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-    task_ids = torch.cat([torch.full((len(d.train_labels),), t) for t, d in enumerate(data)])
-    sample_ids = torch.cat([torch.arange(len(d.train_labels)) for d in data])
+    sizes = torch.tensor([len(d.train_labels) for d in data])
+    if cfg.task_sampling == "balanced":  # as many draws as images, each task equally likely
+        task_ids = torch.randint(0, len(data), (int(sizes.sum()),), generator=gen)
+        sample_ids = (torch.rand(len(task_ids), generator=gen) * sizes[task_ids]).long()
+    else:
+        task_ids = torch.cat([torch.full((int(n),), t) for t, n in enumerate(sizes)])
+        sample_ids = torch.cat([torch.arange(int(n)) for n in sizes])
     order = torch.randperm(len(task_ids), generator=gen)
     views = torch.randint(0, data[0].train_views.shape[1], (len(order),), generator=gen)
     batches = []
@@ -118,6 +127,7 @@ def train(
                         classes = classes.to(device)
                     logits = method.logits(feats, t, classes).float()
                     loss = loss + method.loss(logits, labels.to(device), t)
+            loss = loss / len(task_ids)  # mean over the batch of each image's loss over its task's classes
             if not torch.isfinite(loss):
                 raise CptError(
                     f"The training loss became {loss.item()} in epoch {epoch + 1}. Lower --lr, or use "

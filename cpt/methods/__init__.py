@@ -5,18 +5,20 @@ from typing import Any
 from cpt.backbone import Backbone
 from cpt.errors import CptError
 from cpt.methods.base import Classifier, Method, PromptMethod, TaskData, config_from
-from cpt.methods.coop import CoOp
+from cpt.methods.coop import CoOp, CoOpShared
 from cpt.methods.linear_probe import LinearProbe
+from cpt.methods.softcpt import SoftCPT
 from cpt.methods.zeroshot import ZeroShot
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (ZeroShot, LinearProbe, CoOp)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (ZeroShot, LinearProbe, CoOp, CoOpShared, SoftCPT)}
 
 
-def build_method(name: str, backbone: Backbone, classnames: list[list[str]], options: dict[str, Any]) -> Method:
+def build_method(name: str, backbone: Backbone, classnames: list[list[str]], options: dict[str, Any],
+                 titles: list[str] | None = None) -> Method:
     """Instantiate method `name`, its config taken from the matching keys of `options`."""
     if name not in METHODS:
         raise CptError(f"--method {name!r} is unknown; choose one of {', '.join(METHODS)}.")
     cls = METHODS[name]
-    return cls(backbone, classnames, config_from(cls.Config, options))
+    return cls(backbone, classnames, config_from(cls.Config, options), titles)
 
 __all__ = ["METHODS", "build_method", "Classifier", "Method", "PromptMethod", "TaskData", "config_from"]

@@ -60,10 +60,11 @@ class Method(ABC):
     trains: ClassVar[bool] = False  # runs the gradient train loop
     uses: ClassVar[tuple[str, ...]] = ()  # training features it needs: "views", "plain", "val"
 
-    def __init__(self, backbone: Backbone, classnames: list[list[str]], cfg: Any) -> None:
+    def __init__(self, backbone: Backbone, classnames: list[list[str]], cfg: Any, titles: list[str] | None = None) -> None:
         self.backbone = backbone
         self.classnames = classnames
         self.cfg = cfg
+        self.titles = titles or [f"task {i}" for i in range(len(classnames))]  # natural-language task names
 
     def fit(self, data: list[TaskData]) -> None:
         """Fit without the gradient loop (closed-form or sklearn methods); default: nothing."""
@@ -89,9 +90,9 @@ class PromptMethod(Method, torch.nn.Module):
     trains = True
     uses = ("views",)
 
-    def __init__(self, backbone: Backbone, classnames: list[list[str]], cfg: Any) -> None:
+    def __init__(self, backbone: Backbone, classnames: list[list[str]], cfg: Any, titles: list[str] | None = None) -> None:
         torch.nn.Module.__init__(self)
-        Method.__init__(self, backbone, classnames, cfg)
+        Method.__init__(self, backbone, classnames, cfg, titles)
 
     @abstractmethod
     def class_weights(self, task: int, classes: Tensor | None = None) -> Tensor:
@@ -103,8 +104,9 @@ class PromptMethod(Method, torch.nn.Module):
         return self.logit_scale() * F.normalize(features.float(), dim=-1) @ weight.T
 
     def loss(self, logits: Tensor, labels: Tensor, task: int) -> Tensor:
-        """Softmax cross-entropy over the task's own classes."""
-        return F.cross_entropy(logits, labels)
+        """Softmax cross-entropy over the task's own classes, summed over its images (the train
+        loop divides by the batch size, as SoftCPT's reference does)."""
+        return F.cross_entropy(logits, labels, reduction="sum")
 
     @torch.no_grad()
     def classifiers(self) -> list[Classifier]:

@@ -1,0 +1,100 @@
+"""SoftCPT (Ding et al., "Prompt Tuning with Soft Context Sharing for Vision-Language Models").
+
+A task prompt `[task ctx] <task name>.` goes through the frozen text encoder (EOT pooling) to
+a task feature; a task-shared linear meta network (no bias, N(0, 0.02)) turns it into that
+task's class-prompt context, so related tasks share knowledge softly. Variants:
+  nata  one task context for all tasks (default)      nats  a task context per task
+  cata / csta / cats / csts  class-feature variants: each class's own feature (from a
+        4-token class context, shared (ca) or class-specific (cs)) is concatenated with
+        its task's feature, so the meta network generates a context per class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cpt.backbone import Backbone
+from cpt.errors import CptError
+from cpt.methods.base import PromptMethod
+from cpt.prompt import ClassPrompts, PromptConfig, init_context
+
+VARIANTS = ("nata", "nats", "cata", "csta", "cats", "csts")
+
+
+@dataclass
+class SoftCPTConfig(PromptConfig):
+    """n_ctx: generated context length (16 as the paper); task_n_ctx / class_n_ctx: 4 as the paper."""
+
+    variant: str = "nata"
+    task_n_ctx: int = 4
+    class_n_ctx: int = 4
+    meta_init_std: float = 0.02
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.variant not in VARIANTS:
+            raise CptError(f"--variant {self.variant!r} must be one of {', '.join(VARIANTS)}.")
+        if self.position != "end" or self.class_specific or self.ctx_init:
+            raise CptError("SoftCPT generates its context: --class-token-position, --class-specific and --ctx-init do not apply.")
+
+
+class SoftCPT(PromptMethod):
+    """Meta network from task (and class) features to each task's prompt context."""
+
+    name = "softcpt"
+    Config = SoftCPTConfig
+
+    def __init__(self, backbone: Backbone, classnames: list[list[str]], cfg: SoftCPTConfig,
+                 titles: list[str] | None = None) -> None:
+        super().__init__(backbone, classnames, cfg, titles)
+        model = backbone.model
+        gen = torch.Generator().manual_seed(cfg.seed)
+        self.task_specific = cfg.variant[2:] == "ts"
+        self.class_features = cfg.variant[:2] in ("ca", "cs")
+        # task prompts "[task ctx] <title>." share one context (ta) or have one each (ts)
+        task_cfg = PromptConfig(n_ctx=cfg.task_n_ctx, class_specific=self.task_specific)
+        self.task_prompts = ClassPrompts(model, self.titles, task_cfg)
+        self.task_ctx = nn.Parameter(init_context(self.task_prompts, task_cfg, gen).float())
+        if self.class_features:
+            class_cfg = PromptConfig(n_ctx=cfg.class_n_ctx, class_specific=cfg.variant[:2] == "cs")
+            self.class_prompts = nn.ModuleList(ClassPrompts(model, names, class_cfg) for names in classnames)
+            self.class_ctx = nn.ParameterList(
+                nn.Parameter(init_context(p, class_cfg, gen).float()) for p in self.class_prompts
+            )
+        dim, width = model.text_projection.shape[1], model.transformer.width
+        in_dim = 2 * dim if self.class_features else dim
+        self.meta = nn.Parameter(torch.randn(in_dim, cfg.n_ctx * width, generator=gen) * cfg.meta_init_std)
+        self.prompts = nn.ModuleList(ClassPrompts(model, names, PromptConfig(n_ctx=cfg.n_ctx)) for names in classnames)
+
+    def task_features(self) -> Tensor:
+        """(n_tasks, dim) features of the task prompts."""
+        return self.task_prompts.encode(self.backbone.model, self.task_ctx).float()
+
+    def generated_context(self, task: int, classes: Tensor | None = None) -> Tensor:
+        """The task's context (n_ctx, width), or one per class (n, n_ctx, width) for class-feature variants."""
+        width = self.backbone.model.transformer.width
+        feat = self.task_features()[task]  # (dim,)
+        if not self.class_features:
+            return (feat @ self.meta).view(self.cfg.n_ctx, width)
+        cls = self.class_prompts[task].encode(self.backbone.model, self.class_ctx[task], classes).float()  # (n, dim)
+        joint = torch.cat([cls, feat.expand(len(cls), -1)], dim=1)  # (n, 2 dim)
+        return (joint @ self.meta).view(len(cls), self.cfg.n_ctx, width)
+
+    def class_weights(self, task: int, classes: Tensor | None = None) -> Tensor:
+        ctx = self.generated_context(task, classes)
+        if ctx.dim() == 3 and classes is not None:
+            feats = self._encode_selected(task, ctx, classes)
+        else:
+            feats = self.prompts[task].encode(self.backbone.model, ctx, classes)
+        return F.normalize(feats.float(), dim=-1)
+
+    def _encode_selected(self, task: int, ctx: Tensor, classes: Tensor) -> Tensor:
+        """Class-specific generated context for a subset: scatter it into a full-size tensor first."""
+        full = torch.zeros(self.prompts[task].n_cls, *ctx.shape[1:], dtype=ctx.dtype, device=ctx.device)
+        full = full.index_copy(0, classes, ctx)
+        return self.prompts[task].encode(self.backbone.model, full, classes)
