@@ -126,8 +126,10 @@ def train(
                         labels = torch.searchsorted(classes, labels)  # positions among the sampled classes
                         classes = classes.to(device)
                     logits = method.logits(feats, t, classes).float()
-                    loss = loss + method.loss(logits, labels.to(device), t)
-            loss = loss / len(task_ids)  # mean over the batch of each image's loss over its task's classes
+                    # per-task parameters: each task's mean, as if trained alone; shared ones
+                    # (SoftCPT, CoOp-MT): the mean over the whole mixed batch, as SoftCPT's reference
+                    norm = len(labels) if method.task_mean else len(task_ids)
+                    loss = loss + method.loss(logits, labels.to(device), t) / norm
             if not torch.isfinite(loss):
                 raise CptError(
                     f"The training loss became {loss.item()} in epoch {epoch + 1}. Lower --lr, or use "

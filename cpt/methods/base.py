@@ -89,6 +89,7 @@ class PromptMethod(Method, torch.nn.Module):
 
     trains = True
     uses = ("views",)
+    task_mean = True  # loss: sum over tasks of each task's mean (False: mean over the mixed batch)
 
     def __init__(self, backbone: Backbone, classnames: list[list[str]], cfg: Any, titles: list[str] | None = None) -> None:
         torch.nn.Module.__init__(self)
@@ -105,7 +106,7 @@ class PromptMethod(Method, torch.nn.Module):
 
     def loss(self, logits: Tensor, labels: Tensor, task: int) -> Tensor:
         """Softmax cross-entropy over the task's own classes, summed over its images (the train
-        loop divides by the batch size, as SoftCPT's reference does)."""
+        loop normalises, see `task_mean`)."""
         return F.cross_entropy(logits, labels, reduction="sum")
 
     @torch.no_grad()

@@ -54,3 +54,4 @@ class CoOpShared(CoOp):
 
     name = "coop-shared"
     shared = True
+    task_mean = False

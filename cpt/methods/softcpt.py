@@ -48,6 +48,7 @@ class SoftCPT(PromptMethod):
 
     name = "softcpt"
     Config = SoftCPTConfig
+    task_mean = False
 
     def __init__(self, backbone: Backbone, classnames: list[list[str]], cfg: SoftCPTConfig,
                  titles: list[str] | None = None) -> None:
