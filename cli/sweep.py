@@ -1,0 +1,50 @@
+"""`cpt sweep`: parse options, delegate to cpt.sweep."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from cpt_cli.app import app, command, emit_json
+
+from cpt.console import console
+from cpt.errors import CptError
+from cpt.options import FitRequest
+from cpt.sweep import sweep
+
+
+def _ints(text: str, option: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise CptError(f"{option} takes comma-separated integers, e.g. 1,2,4,8,16 (got {text!r}).") from exc
+
+
+@app.command("sweep", epilog="""Examples:
+
+  cpt sweep --tasks toy --backbone toy --methods zeroshot,linear-probe,coop --out runs/toy-table
+
+  cpt sweep --tasks toy --backbone toy --methods zeroshot,coop,coop-shared,softcpt --shots 4 --out runs/toy-4shot
+""")
+@command
+def sweep_cmd(
+    tasks: Annotated[str, typer.Option(help="As for cpt fit: NAME=PATH[,...], a recipe or a task file.")],
+    out: Annotated[Path, typer.Option(help="Folder for the runs, results.csv, table.md and accuracy_vs_shots.png.")],
+    methods: Annotated[str, typer.Option(help="Comma-separated methods.")] = "zeroshot,linear-probe,coop",
+    shots: Annotated[str, typer.Option(help="Comma-separated shot counts.")] = "1,2,4,8,16",
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "1,2,3",
+    backbone: Annotated[str, typer.Option(help="As for cpt fit.")] = "RN50",
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    epochs: Annotated[Optional[int], typer.Option(help="Override every method's default epochs.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the tidy results as JSON on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars or info messages.")] = False,
+) -> None:
+    """Run methods x shots x seeds and gather the results (finished runs are reused)."""
+    base = FitRequest(tasks=tasks, backbone=backbone, device=device, epochs=epochs)
+    results = sweep(base, [m.strip() for m in methods.split(",") if m.strip()], _ints(shots, "--shots"),
+                    _ints(seeds, "--seeds"), out)
+    if json_out:
+        emit_json(results.to_dict(orient="records"))
+    if not quiet:
+        console.print((out / "table.md").read_text(), highlight=False)
