@@ -17,7 +17,7 @@ from cpt.errors import CptError
 
 app = typer.Typer(
     name="cpt",
-    help="Prompt tuning of CLIP from the shell: zero-shot, linear probe and CoOp on your image folders or the built-in toy world.",
+    help="Prompt tuning of CLIP from the shell: zero-shot, linear probe, CoOp and SoftCPT on your image folders or the built-in toy world.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
