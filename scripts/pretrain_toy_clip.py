@@ -16,7 +16,8 @@ It took 613 s (1,200 steps of batch 256 from 40,000 pairs) on the project's 2-co
 development machine, no GPU, while other jobs shared the cores; the gzipped file is 2.7 MB.
 Zero-shot test accuracy of the result with "a photo of a {}." (`cpt fit --method zeroshot
 --tasks toy --backbone toy`): shape 59.6, colour 75.3, count 43.1, size 70.0 (chance 16.7,
-12.5, 25, 50); mean 62.0.
+12.5, 25, 50); mean 62.0. Zero-shot mAP on toy-ml (`--tasks toy-ml`, 600 test images,
+18 labels): 66.2, against 26.0-26.4 for random scores (seeds 0-2; mean label prevalence 25.4%).
 """
 
 from __future__ import annotations
