@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
+from cpt_datasets.benchmarks import BENCHMARKS, benchmark_specs
 from cpt_datasets.recipes import RECIPES, materialize
 from PIL import Image
 
 from cpt.errors import CptError
+from cpt.taskfile import TaskSpec, is_task_file, read_task_file, repeated
 
 log = logging.getLogger("cpt")
 Check = Callable[[Path], str | None]  # a path -> None if the image is usable, else the reason
@@ -65,8 +67,7 @@ def parse_task_spec(spec: str) -> list[tuple[str, str]]:
                 "NAME=PATH[,NAME=PATH...], e.g. --tasks flowers=/data/flowers,pets=/data/pets."
             )
         pairs.append((name, path))
-    names = [name for name, _ in pairs]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+    duplicates = repeated([name for name, _ in pairs])
     if duplicates:
         raise CptError(
             f"--tasks names the task {', '.join(map(repr, duplicates))} more than once ({spec!r}). "
@@ -413,13 +414,34 @@ def is_multilabel_source(path: str) -> bool:
     return (Path(path) / "train.csv").is_file() and (Path(path) / "test.csv").is_file()
 
 
-def resolve_tasks(spec: str) -> tuple[list[tuple[str, str]], bool]:
-    """(name, path) pairs of `--tasks` — a recipe name (materialised on demand) or NAME=PATH pairs —
-    and whether they are multi-label."""
+def resolve_tasks(spec: str, data_root: str | None = None) -> tuple[list[TaskSpec], bool]:
+    """What `--tasks` names — a recipe (materialised on demand), a benchmark (general10, ...),
+    a task file, or NAME=PATH pairs — as task specs, and whether they are multi-label."""
     if spec in RECIPES:
-        return [(name, str(path)) for name, path in materialize(spec)], RECIPES[spec].multi_label
-    pairs = parse_task_spec(spec)
-    kinds = {is_multilabel_source(path) for _, path in pairs}
+        return [TaskSpec(name, str(path)) for name, path in materialize(spec)], RECIPES[spec].multi_label
+    if spec in BENCHMARKS:
+        return benchmark_specs(spec, Path(data_root) if data_root else None), False
+    if is_task_file(spec):
+        specs = read_task_file(spec)
+    else:
+        specs = [TaskSpec(name, path) for name, path in parse_task_spec(spec)]
+    kinds = {is_multilabel_source(s.path) for s in specs}
     if len(kinds) > 1:
         raise CptError(f"--tasks {spec} mixes single-label and multi-label tasks; run them separately.")
-    return pairs, kinds == {True}
+    return specs, kinds == {True}
+
+
+def load_spec(spec: TaskSpec, seed: int) -> tuple[Task, list[Skipped]]:
+    """`load_task` with the spec's task name and class-name overrides applied."""
+    task, skipped = load_task(spec.name, spec.path, seed)
+    if spec.classnames is not None:
+        if len(spec.classnames) != len(task.classnames):
+            raise CptError(
+                f"Task {spec.name!r} lists {len(spec.classnames)} class names but its data has "
+                f"{len(task.classnames)} classes ({', '.join(task.classnames[:5])}...). Give one name per class, "
+                "in the data's class order."
+            )
+        task.classnames = list(spec.classnames)
+    if spec.title:
+        task.title = spec.title
+    return task, skipped

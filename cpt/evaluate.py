@@ -61,9 +61,10 @@ def evaluate(classifiers: list[Classifier], sets: list[EvalSet]) -> list[TaskPre
     ]
 
 
-def write_results(out: Path, preds: list[TaskPredictions], split: str, title: str, details: dict[str, str]) -> pd.DataFrame:
+def write_results(out: Path, preds: list[TaskPredictions], split: str, title: str, details: dict[str, str],
+                  headline: dict[str, str] | None = None) -> pd.DataFrame:
     """metrics.csv, per_class.csv, predictions.csv and report.md (+ plots) into `out`."""
-    metrics = metrics_frame(preds, split)
+    metrics = metrics_frame(preds, split, headline)
     per_class = pd.concat([per_class_frame(p) for p in preds], ignore_index=True)
     write_csv(out / "metrics.csv", metrics)
     write_csv(out / "per_class.csv", per_class)
@@ -162,7 +163,9 @@ def evaluate_target(req: EvalRequest) -> tuple[Path, pd.DataFrame]:
     out = Path(req.out) if req.out else (Path(req.target) if is_run and req.data is None else _default_out(req))
     out.mkdir(parents=True, exist_ok=True)
     details = {"target": req.target, "method": options["method"], "backbone": options["backbone"], "data": req.data or "the run's test split"}
-    metrics = write_results(out, evaluate([classifiers[i] for i in index], sets), "test", f"cpt eval: {req.target}", details)
+    headline = {t["name"]: t.get("metric", "accuracy") for t in config["tasks"]} if is_run else None
+    metrics = write_results(out, evaluate([classifiers[i] for i in index], sets), "test", f"cpt eval: {req.target}",
+                            details, headline)
     return out, metrics
 
 

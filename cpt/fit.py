@@ -25,11 +25,12 @@ from cpt.fit_ml import fit_multilabel
 from cpt.io import write_csv
 from cpt.methods import METHODS, Method, TaskData, build_method, config_from
 from cpt.options import FitRequest, FitResult
+from cpt.taskfile import TaskSpec
 from cpt.train import TASK_SAMPLING, TrainConfig, coop_epochs, train
 
 
 def _load_tasks(
-    req: FitRequest, specs: list[tuple[str, str]], run: Path, resume: bool
+    req: FitRequest, specs: list[TaskSpec], run: Path, resume: bool
 ) -> tuple[list[D.Task], list[D.Skipped]]:
     """The run's tasks with their sampled splits: re-read on resume, sampled otherwise."""
     splits = run / R.SPLITS
@@ -37,8 +38,8 @@ def _load_tasks(
         meta = R.read_config(run)["tasks"]
         return D.tasks_from_frame(D.read_splits(splits), meta), []
     tasks, skipped = [], []
-    for name, path in specs:
-        task, skip = D.load_task(name, path, req.seed)
+    for spec in specs:
+        task, skip = D.load_spec(spec, req.seed)
         task, skip2 = D.few_shot(task, req.shots, req.seed)
         tasks.append(task)
         skipped += skip + skip2
@@ -96,19 +97,23 @@ def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitRe
     t0 = time.perf_counter()
     if req.method not in METHODS:  # before anything is created on disk
         build_method(req.method, None, [], {})
-    run = R.prepare(Path(req.out), overwrite=overwrite, resume=resume)
     if resume:
+        run = R.prepare(Path(req.out), resume=True)
         req = FitRequest(**{**R.read_config(run)["request"], "out": str(run)})
+    # find and read the data before creating the run, so bad input leaves nothing behind
+    specs, multi_label = D.resolve_tasks(req.tasks, req.data_root)
+    if req.crop_scale is None:
+        recipe = RECIPES.get(req.tasks)
+        req = replace(req, crop_scale=recipe.crop_scale if recipe and recipe.crop_scale else AugmentSpec.scale[0])
+    if not multi_label:
+        tasks, skipped = _load_tasks(req, specs, Path(req.out), resume)
+    if not resume:
+        run = R.prepare(Path(req.out), overwrite=overwrite)
     handler = log_to_file(run / "fit.log")
     try:
         log.info("%s run %s (method %s)", "resuming" if resume else "starting", run, req.method)
-        specs, multi_label = D.resolve_tasks(req.tasks)
-        if req.crop_scale is None:
-            recipe = RECIPES.get(req.tasks)
-            req = replace(req, crop_scale=recipe.crop_scale if recipe and recipe.crop_scale else AugmentSpec.scale[0])
         if multi_label:
             return fit_multilabel(req, run, specs, t0)
-        tasks, skipped = _load_tasks(req, specs, run, resume)
         backbone = load_backbone(req.backbone, req.device, req.precision, req.clip_cache)
         method = build_method(req.method, backbone, [t.classnames for t in tasks], asdict(req), [t.title for t in tasks])
         train_cfg = _train_config(req)
@@ -118,7 +123,8 @@ def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitRe
             "method_config": asdict(method.cfg),
             "train": asdict(train_cfg) if method.trains else None,
             "backbone": backbone.describe(),
-            "tasks": [{"name": t.name, "title": t.title, "source": t.source, "classnames": t.classnames} for t in tasks],
+            "tasks": [{"name": t.name, "title": t.title, "source": t.source, "classnames": t.classnames,
+                       "metric": s.metric} for t, s in zip(tasks, specs)],
             "status": "running",
         }
         R.write_config(run, config)
@@ -149,7 +155,9 @@ def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitRe
         R.save_checkpoint(run, _checkpoint(method, tasks, backbone, None, done=True))
         predictions = evaluate(method.classifiers(), tests)
         details = {"method": req.method, "backbone": req.backbone, "shots": str(req.shots), "seed": str(req.seed)}
-        metrics = write_results(run, predictions, "test", f"cpt fit: {req.method} on {', '.join(t.name for t in tasks)}", details)
+        headline = {t.name: s.metric for t, s in zip(tasks, specs)}
+        metrics = write_results(run, predictions, "test", f"cpt fit: {req.method} on {', '.join(t.name for t in tasks)}",
+                                details, headline)
         R.write_config(run, {**config, "status": "finished"})
         log.info("finished: %s", run)
         return FitResult(run, metrics, cache.stats.encoded, cache.stats.cached, len(skipped), time.perf_counter() - t0)

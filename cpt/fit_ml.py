@@ -24,17 +24,18 @@ from cpt.metrics import multilabel_frames
 from cpt.multilabel import load_multilabel_task
 from cpt.options import FitRequest, FitResult
 from cpt.report import write_multilabel_report
+from cpt.taskfile import TaskSpec
 
 MULTILABEL_METHODS = ("zeroshot",)
 
 
-def fit_multilabel(req: FitRequest, run: Path, specs: list[tuple[str, str]], t0: float) -> FitResult:
+def fit_multilabel(req: FitRequest, run: Path, specs: list[TaskSpec], t0: float) -> FitResult:
     """Zero-shot multi-label classification of each task's test images; writes the run's CSVs and report."""
     if req.method not in MULTILABEL_METHODS:
         raise CptError(
             f"--method {req.method} does not train on multi-label tasks; use one of {', '.join(MULTILABEL_METHODS)}."
         )
-    loaded = [load_multilabel_task(name, path) for name, path in specs]
+    loaded = [load_multilabel_task(s.name, s.path) for s in specs]
     tasks = [task for task, _ in loaded]
     skipped = [s for _, skips in loaded for s in skips]
     backbone = load_backbone(req.backbone, req.device, req.precision, req.clip_cache)

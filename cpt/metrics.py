@@ -80,9 +80,14 @@ def per_class_frame(preds: TaskPredictions) -> pd.DataFrame:
     )
 
 
-def metrics_frame(all_preds: list[TaskPredictions], split: str) -> pd.DataFrame:
+def metrics_frame(all_preds: list[TaskPredictions], split: str, headline: dict[str, str] | None = None) -> pd.DataFrame:
     """Tidy rows (task, split, metric, value); with several tasks also their unweighted mean."""
-    rows = [(p.task, split, k, v) for p in all_preds for k, v in single_label_metrics(p).items()]
+    rows = []
+    for p in all_preds:
+        values = single_label_metrics(p)
+        rows += [(p.task, split, k, v) for k, v in values.items()]
+        if headline:  # the metric the task is reported by (e.g. mean per-class accuracy for some datasets)
+            rows.append((p.task, split, "headline", values[headline.get(p.task, "accuracy")]))
     frame = pd.DataFrame(rows, columns=["task", "split", "metric", "value"])
     if len(all_preds) > 1:
         mean = frame.groupby("metric", sort=False)["value"].mean()

@@ -14,6 +14,7 @@ class FitRequest:
 
     method: str = "coop"
     tasks: str = ""
+    data_root: str | None = None  # where benchmark suites (general10, plant6, fashion20) live
     out: str = ""
     shots: int = 16
     seed: int = 1

@@ -43,8 +43,9 @@ def sweep(base: FitRequest, methods: list[str], shots: list[int], seeds: list[in
 
 
 def headline(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds of the accuracy averaged over tasks (the `mean` row when several)."""
-    acc = results[results.metric == "accuracy"]
+    """Mean and std over seeds of each run's headline metric (accuracy or mean per-class accuracy
+    per task) averaged over tasks (the `mean` row when several)."""
+    acc = results[results.metric == "headline"]
     several = (acc.task == "mean").any()
     acc = acc[acc.task == "mean"] if several else acc
     return acc.groupby(["method", "shots"])["value"].agg(["mean", "std"]).fillna(0.0).reset_index()
