@@ -154,4 +154,6 @@ class FeatureCache:
                 batch = []
         dim = self.backbone.geometry["embed_dim"]
         blank = np.full((dim,) if aug is None else (aug.views, dim), np.nan, dtype=np.float32)
-        return torch.from_numpy(np.stack([blank if o is None else o for o in out])) if out else torch.empty(0, dim)
+        if not out:
+            return torch.empty(0, *blank.shape)
+        return torch.from_numpy(np.stack([blank if o is None else o for o in out]))
