@@ -126,15 +126,40 @@ def average_precisions(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return out
 
 
-def multilabel_frames(task: str, classnames: list[str], scores: np.ndarray, targets: np.ndarray, split: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(metrics rows: mAP in percent, n_images, n_classes_evaluated; per-class rows: ap, positives, support)."""
+def _ratio(num: np.ndarray | float, den: np.ndarray | float) -> np.ndarray:
+    return np.divide(num, den, out=np.zeros_like(np.asarray(num, dtype=float)), where=np.asarray(den) > 0)
+
+
+def precision_recall_f1(predicted: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    """CP, CR, CF1 (per-class, averaged) and OP, OR, OF1 (overall) in percent, over known entries only.
+
+    `predicted` is a 0/1 matrix; entries whose target is unknown (-1) count nowhere. A class
+    never predicted has precision 0, as the multi-label literature (ML-GCN, ASL) computes it.
+    """
+    known = targets >= 0
+    tp = ((predicted == 1) & (targets == 1) & known).sum(axis=0)
+    n_pred = ((predicted == 1) & known).sum(axis=0)
+    n_pos = ((targets == 1) & known).sum(axis=0)
+    cp, cr = float(_ratio(tp, n_pred).mean()), float(_ratio(tp, n_pos).mean())
+    op, orr = float(_ratio(tp.sum(), n_pred.sum())), float(_ratio(tp.sum(), n_pos.sum()))
+    f1 = lambda p, r: float(_ratio(2 * p * r, p + r))  # noqa: E731
+    return {k: 100.0 * v for k, v in
+            {"CP": cp, "CR": cr, "CF1": f1(cp, cr), "OP": op, "OR": orr, "OF1": f1(op, orr)}.items()}
+
+
+def multilabel_frames(task: str, classnames: list[str], scores: np.ndarray, targets: np.ndarray, split: str,
+                      threshold: float = 0.5, k: int = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(metrics rows: mAP, CP/CR/CF1/OP/OR/OF1 at sigmoid >= threshold and at top-k, n_images,
+    n_classes_evaluated; per-class rows: ap, positives, support)."""
     ap = average_precisions(scores, targets)
-    metrics = pd.DataFrame(
-        [(task, split, "mAP", 100.0 * float(np.nanmean(ap)) if np.isfinite(ap).any() else np.nan),
-         (task, split, "n_images", float(len(targets))),
-         (task, split, "n_classes_evaluated", float(np.isfinite(ap).sum()))],
-        columns=["task", "split", "metric", "value"],
-    )
+    at_threshold = (1 / (1 + np.exp(-scores)) >= threshold).astype(int)
+    top = np.zeros_like(at_threshold)
+    np.put_along_axis(top, np.argsort(-scores, axis=1, kind="stable")[:, :k], 1, axis=1)
+    rows = [(task, split, "mAP", 100.0 * float(np.nanmean(ap)) if np.isfinite(ap).any() else np.nan)]
+    rows += [(task, split, name, v) for name, v in precision_recall_f1(at_threshold, targets).items()]
+    rows += [(task, split, f"{name}_top{k}", v) for name, v in precision_recall_f1(top, targets).items()]
+    rows += [(task, split, "n_images", float(len(targets))), (task, split, "n_classes_evaluated", float(np.isfinite(ap).sum()))]
+    metrics = pd.DataFrame(rows, columns=["task", "split", "metric", "value"])
     per_class = pd.DataFrame(
         {"task": task, "class": classnames, "ap": 100.0 * ap,
          "positives": (targets == 1).sum(axis=0), "support": (targets >= 0).sum(axis=0)}

@@ -114,3 +114,32 @@ def test_predictions_frame_scores_are_softmax_probabilities():
     assert frame["prediction"].tolist() == ["x", "y"] and frame["correct"].tolist() == [True, False]
     e2, e3 = np.exp(2), np.exp(3)
     assert frame["score"].tolist() == pytest.approx([e2 / (e2 + 2), e3 / (1 + 2 * e3)])
+
+
+def test_multilabel_map_excludes_unknowns_and_classes_without_positives():
+    from sklearn.metrics import average_precision_score
+
+    from cpt.metrics import average_precisions, multilabel_frames
+
+    targets = np.array([[1, 0, -1], [0, 1, 0], [1, -1, 0], [0, 0, 0]])
+    scores = np.array([[0.9, 0.1, 5.0], [0.2, 0.8, 0.3], [0.5, 0.9, 0.1], [0.5, 0.3, 0.2]])  # tie in class 0
+    ap = average_precisions(scores, targets)
+    assert ap[0] == pytest.approx(average_precision_score([1, 0, 1, 0], [0.9, 0.2, 0.5, 0.5]))
+    assert ap[1] == pytest.approx(average_precision_score([0, 1, 0], [0.1, 0.8, 0.3]))  # the unknown row left out
+    assert np.isnan(ap[2])  # no known positive: excluded
+    metrics, per_class = multilabel_frames("t", ["a", "b", "c"], scores, targets, "test")
+    value = metrics.set_index("metric")["value"]
+    assert value["mAP"] == pytest.approx(100 * (ap[0] + ap[1]) / 2) and value["n_classes_evaluated"] == 2
+    assert per_class["positives"].tolist() == [2, 1, 0] and per_class["support"].tolist() == [4, 3, 3]
+
+
+def test_multilabel_precision_recall_by_hand():
+    from cpt.metrics import precision_recall_f1
+
+    targets = np.array([[1, 0, 1], [0, 1, -1], [1, 1, 0]])
+    predicted = np.array([[1, 1, 0], [0, 1, 1], [1, 0, 0]])  # the (1, 2) prediction is on an unknown entry
+    m = precision_recall_f1(predicted, targets)
+    # per class: a TP 2 / pred 2 / pos 2; b TP 1 / pred 2 / pos 2; c TP 0 / pred 0 / pos 1
+    assert m["CP"] == pytest.approx(100 * (1 + 0.5 + 0) / 3) and m["CR"] == pytest.approx(100 * (1 + 0.5 + 0) / 3)
+    assert m["OP"] == pytest.approx(100 * 3 / 4) and m["OR"] == pytest.approx(100 * 3 / 5)
+    assert m["OF1"] == pytest.approx(2 * 75 * 60 / 135)
