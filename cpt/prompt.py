@@ -128,12 +128,12 @@ class ClassPrompts(nn.Module):
 
 
 def init_context(prompts: ClassPrompts, cfg: PromptConfig, generator: torch.Generator | None = None) -> Tensor:
-    """Initial context: the init words' embeddings, else N(0, init_std); per class if class-specific."""
+    """Initial context: the init words' embeddings (repeated per class if class-specific), else
+    N(0, init_std), drawn independently per class if class-specific (as CoOp-CS)."""
     width = prompts.base.shape[-1]
+    per_class = (prompts.n_cls,) if cfg.class_specific else ()
     if cfg.ctx_init:
-        ctx = prompts.init_ctx.float().cpu()
+        ctx = prompts.init_ctx.float().cpu().expand(*per_class, -1, -1).clone()
     else:
-        ctx = torch.randn(cfg.n_ctx, width, generator=generator) * cfg.init_std
-    if cfg.class_specific:
-        ctx = ctx.unsqueeze(0).repeat(prompts.n_cls, 1, 1)
+        ctx = torch.randn(*per_class, cfg.n_ctx, width, generator=generator) * cfg.init_std
     return ctx.to(prompts.base.device)

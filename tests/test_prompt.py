@@ -92,3 +92,13 @@ def test_fast_paths_match_full_context_encoding_in_value_and_gradient(geometry, 
 
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fast_grad, ctx.grad, rtol=1e-3, atol=5e-5)  # fp32 sums in another order
+
+
+def test_class_specific_random_context_is_drawn_per_class():
+    model = make_clip(TINY_VIT)
+    cfg = PromptConfig(n_ctx=3, class_specific=True)
+    ctx = init_context(ClassPrompts(model, NAMES, cfg), cfg, torch.Generator().manual_seed(0))
+    assert ctx.shape == (len(NAMES), 3, 64) and not torch.equal(ctx[0], ctx[1])
+    words = PromptConfig(ctx_init="a photo of a", class_specific=True)
+    init = init_context(ClassPrompts(model, NAMES, words), words)
+    assert init.shape == (len(NAMES), 4, 64) and torch.equal(init[0], init[3])

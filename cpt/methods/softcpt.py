@@ -69,7 +69,8 @@ class SoftCPT(PromptMethod):
             )
         dim, width = model.text_projection.shape[1], model.transformer.width
         in_dim = 2 * dim if self.class_features else dim
-        self.meta = nn.Parameter(torch.randn(in_dim, cfg.n_ctx * width, generator=gen) * cfg.meta_init_std)
+        meta = torch.randn(in_dim, cfg.n_ctx * width, generator=gen) * cfg.meta_init_std
+        self.meta = nn.Parameter(meta.to(model.positional_embedding.device))
         self.prompts = nn.ModuleList(ClassPrompts(model, names, PromptConfig(n_ctx=cfg.n_ctx)) for names in classnames)
 
     def task_features(self) -> Tensor:
