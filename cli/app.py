@@ -67,5 +67,6 @@ def show_metrics(metrics: pd.DataFrame, title: str) -> None:
     for col in wide.columns:
         table.add_column(col, justify="right")
     for task, row in wide.iterrows():
-        table.add_row(str(task), *(f"{v:.0f}" if col == "n_images" else f"{v:.2f}" for col, v in row.items()))
+        table.add_row(str(task), *("-" if pd.isna(v) else f"{v:.0f}" if col.startswith("n_") else f"{v:.2f}"
+                                   for col, v in row.items()))
     console.print(table)
