@@ -23,7 +23,7 @@ from cpt.evaluate import evaluate, test_set, write_results
 from cpt.features import AugmentSpec, FeatureCache
 from cpt.fit_ml import fit_multilabel
 from cpt.io import write_csv
-from cpt.methods import METHODS, Method, TaskData, build_method, config_from
+from cpt.methods import Method, TaskData, build_method, config_from, method_class
 from cpt.options import FitRequest, FitResult
 from cpt.taskfile import TaskSpec
 from cpt.train import TASK_SAMPLING, TrainConfig, coop_epochs, train
@@ -95,8 +95,7 @@ def _train_config(req: FitRequest) -> TrainConfig:
 def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitResult:
     """Run (or resume) a whole `cpt fit` into `req.out`."""
     t0 = time.perf_counter()
-    if req.method not in METHODS:  # before anything is created on disk
-        build_method(req.method, None, [], {})
+    method_class(req.method)  # an unknown method fails before anything is read or created
     if resume:
         run = R.prepare(Path(req.out), resume=True)
         req = FitRequest(**{**R.read_config(run)["request"], "out": str(run)})
