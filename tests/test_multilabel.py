@@ -1,0 +1,47 @@
+"""Multi-label label files: wide and long CSVs give the same labels; unknowns stay unknown."""
+
+import numpy as np
+import pytest
+
+from cpt.errors import CptError
+from cpt.multilabel import load_multilabel_task
+from tests.conftest import write_image
+
+
+def images(root, n=4):
+    rng = np.random.default_rng(0)
+    return [write_image(root / "img" / f"{i}.png", (10 * i, 50, 90), rng).relative_to(root) for i in range(n)]
+
+
+def test_wide_and_long_csv_load_the_same_labels(tmp_path):
+    wide, long = tmp_path / "wide", tmp_path / "long"
+    for folder in (wide, long):
+        paths = images(folder)
+    rows = [("cat",), ("cat", "dog"), (), ("sea_lion",)]
+    for split in ("train", "test"):
+        (wide / f"{split}.csv").write_text(
+            "path,cat,dog,sea_lion\n" + "".join(f"{p},{int('cat' in r)},{int('dog' in r)},{int('sea_lion' in r)}\n"
+                                               for p, r in zip(paths, rows)))
+        (long / f"{split}.csv").write_text("path,labels\n" + "".join(f"{p},{';'.join(r)}\n" for p, r in zip(paths, rows)))
+    a, _ = load_multilabel_task("w", str(wide))
+    b, _ = load_multilabel_task("l", str(long))
+    assert a.classnames == b.classnames == ["cat", "dog", "sea lion"]
+    for split in ("train", "test"):
+        assert np.array_equal(a.splits[split].targets, b.splits[split].targets)
+        assert [p.name for p in a.splits[split].paths] == [p.name for p in b.splits[split].paths]
+    assert a.splits["test"].targets.tolist() == [[1, 0, 0], [1, 1, 0], [0, 0, 0], [0, 0, 1]]
+
+
+def test_unknown_cells_and_mismatched_files(tmp_path):
+    paths = images(tmp_path, 2)
+    (tmp_path / "train.csv").write_text(f"path,a,b\n{paths[0]},1,\n{paths[1]},-1,0\n")
+    (tmp_path / "test.csv").write_text(f"path,a,c\n{paths[0]},1,0\n")
+    with pytest.raises(CptError, match="missing \\['b'\\], unexpected \\['c'\\]"):
+        load_multilabel_task("t", str(tmp_path))
+    (tmp_path / "test.csv").write_text(f"path,a,b\n{paths[0]},1,0\n{paths[1]},0,1\n")
+    task, _ = load_multilabel_task("t", str(tmp_path))
+    assert task.splits["train"].targets.tolist() == [[1, -1], [-1, 0]]
+    (tmp_path / "test.csv").write_text(f"path,labels\n{paths[0]},a;zebra\n")
+    (tmp_path / "train.csv").write_text(f"path,labels\n{paths[0]},a\n{paths[1]},b\n")
+    with pytest.raises(CptError, match="zebra"):
+        load_multilabel_task("t", str(tmp_path))
