@@ -1,0 +1,70 @@
+"""`cpt prior`: parse options, delegate to cpt.prior, write the matrices as CSV."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from cpt_cli.app import app, command, emit_json
+
+from cpt.backbone import load_backbone
+from cpt.console import console
+from cpt.data import resolve_tasks
+from cpt.errors import CptError
+from cpt.io import write_csv
+from cpt.multilabel import load_multilabel_task
+from cpt.prior import PriorConfig, label_prior
+
+
+def _classnames(tasks: Optional[str], classes: Optional[Path]) -> list[str]:
+    if classes is not None:
+        if not classes.is_file():
+            raise CptError(f"--classes {classes} does not exist; give a text file with one class name per line.")
+        return [c.strip().replace("_", " ") for c in classes.read_text().splitlines() if c.strip()]
+    if tasks is None:
+        raise CptError("Give the classes: --classes FILE (one per line) or --tasks with a multi-label task.")
+    specs, multi = resolve_tasks(tasks)
+    if not multi or len(specs) != 1:
+        raise CptError(f"--tasks {tasks} must be one multi-label task (a folder with train.csv and test.csv, or toy-ml).")
+    return load_multilabel_task(specs[0].name, specs[0].path)[0].classnames
+
+
+@app.command("prior", epilog="""Examples:
+
+  cpt prior --backbone toy --tasks toy-ml --out runs/toy-ml-prior
+
+  cpt prior --backbone RN50 --classes coco_classes.txt --topk 62 --json
+""")
+@command
+def prior_cmd(
+    backbone: Annotated[str, typer.Option(help="OpenAI CLIP name, checkpoint path or toy.")] = "RN50",
+    tasks: Annotated[Optional[str], typer.Option(help="A multi-label task (or recipe) whose classes to relate.")] = None,
+    classes: Annotated[Optional[Path], typer.Option(help="Or a file of class names, one per line.")] = None,
+    template: Annotated[str, typer.Option(help="Prompt template for the class-name embeddings.")] = PriorConfig.template,
+    topk: Annotated[Optional[int], typer.Option(help="Neighbours kept per row, self included [default: 78 % of the classes].")] = None,
+    reweight_p: Annotated[float, typer.Option(help="Neighbour mass of each adjacency row (the diagonal gets 1 - p).")] = PriorConfig.reweight_p,
+    temperature: Annotated[float, typer.Option(help="Softmax temperature of the relation matrix.")] = PriorConfig.temperature,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for similarity.csv, adjacency.csv and relation.csv.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    json_out: Annotated[bool, typer.Option("--json", help="Print a summary (and the matrices without --out) as JSON.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No table on stderr.")] = False,
+) -> None:
+    """SCPNet's label-to-label prior from CLIP's text encoder: similarity, adjacency, relation."""
+    names = _classnames(tasks, classes)
+    cfg = PriorConfig(template=template, topk=topk, reweight_p=reweight_p, temperature=temperature)
+    prior = label_prior(load_backbone(backbone, device), names, cfg)
+    frames = prior.frames()
+    if out is not None:
+        for name, frame in frames.items():
+            write_csv(out / f"{name}.csv", frame.reset_index(names="class"))
+    if json_out:
+        summary = {"classes": len(names), "template": template, "topk": cfg.k(len(names)), "reweight_p": reweight_p,
+                   "temperature": temperature, "out": str(out) if out else None}
+        if out is None:
+            summary["similarity"] = frames["similarity"].round(4).to_dict(orient="index")
+        emit_json(summary)
+    if not quiet:
+        nearest = frames["similarity"].apply(lambda row: row.drop(row.name).idxmax(), axis=1)
+        for name, other in nearest.items():
+            console.print(f"{name} -> {other}  ({frames['similarity'].loc[name, other]:.3f})", highlight=False)
