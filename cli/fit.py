@@ -32,6 +32,7 @@ def fit_cmd(
     data_root: Annotated[Optional[Path], typer.Option(help="Where the benchmark datasets live [default: $CPT_DATA_ROOT or ~/data].")] = None,
     method: Annotated[str, typer.Option(help=f"One of: {', '.join(METHODS)}.")] = DEFAULTS.method,
     shots: Annotated[int, typer.Option(help="Training images per class (0 = all).")] = DEFAULTS.shots,
+    known_ratio: Annotated[float, typer.Option(help="Multi-label: keep each training (image, label) entry known with this probability (under --seed).")] = DEFAULTS.known_ratio,
     seed: Annotated[int, typer.Option(help="Seed of sampling, splits, initialisation and training order.")] = DEFAULTS.seed,
     backbone: Annotated[str, typer.Option(help="OpenAI CLIP name (RN50, ViT-B/16, ...) or a checkpoint path.")] = DEFAULTS.backbone,
     out: Annotated[Optional[Path], typer.Option(help="Run directory [default: runs/<method>-<tasks>-<shots>shot-seed<seed>].")] = None,
@@ -72,7 +73,7 @@ def fit_cmd(
             raise CptError("Give the tasks to train on with --tasks, e.g. --tasks pets=data/pets (or --resume RUN).")
         default_out = Path("runs") / f"{method}-{'+'.join(n.split('=')[0] for n in tasks.split(','))}-{shots}shot-seed{seed}"
         req = FitRequest(
-            method=method, tasks=tasks, data_root=str(data_root) if data_root else None, out=str(out or default_out), shots=shots, seed=seed, backbone=backbone,
+            method=method, tasks=tasks, known_ratio=known_ratio, data_root=str(data_root) if data_root else None, out=str(out or default_out), shots=shots, seed=seed, backbone=backbone,
             device=device, precision=precision, cache_dir=str(cache_dir) if cache_dir else None,
             clip_cache=str(clip_cache) if clip_cache else None, epochs=epochs, batch_size=batch_size, lr=lr,
             momentum=momentum, weight_decay=weight_decay, warmup_epochs=warmup_epochs, n_ctx=n_ctx,

@@ -16,14 +16,14 @@ from cpt_datasets.recipes import RECIPES
 
 from cpt import data as D
 from cpt import run as R
-from cpt.backbone import Backbone, load_backbone
+from cpt.backbone import load_backbone
 from cpt.console import log, log_to_file
 from cpt.errors import CptError
 from cpt.evaluate import evaluate, test_set, write_results
 from cpt.features import AugmentSpec, FeatureCache
 from cpt.fit_ml import fit_multilabel
 from cpt.io import write_csv
-from cpt.methods import Method, TaskData, build_method, config_from, method_class
+from cpt.methods import TaskData, build_method, config_from, method_class
 from cpt.options import FitRequest, FitResult
 from cpt.taskfile import TaskSpec
 from cpt.train import TASK_SAMPLING, TrainConfig, coop_epochs, train
@@ -84,9 +84,10 @@ def _task_data(uses: tuple[str, ...], task: D.Task, cache: FeatureCache, aug: Au
     return TaskData(task.name, task.classnames, views[keep], plain[keep], labels, val_feats, val_labels)
 
 
-def _train_config(req: FitRequest) -> TrainConfig:
+def _train_config(req: FitRequest, multi_label: bool = False) -> TrainConfig:
     options = asdict(req)
-    options["epochs"] = req.epochs or (50 if req.method in ("softcpt", "coop-shared") else coop_epochs(req.shots))
+    fixed = multi_label or req.method in ("softcpt", "coop-shared")  # 50 epochs, as SoftCPT / DualCoOp
+    options["epochs"] = req.epochs or (50 if fixed else coop_epochs(req.shots))
     if req.task_sampling not in TASK_SAMPLING:
         raise CptError(f"--task-sampling {req.task_sampling!r} must be one of {', '.join(TASK_SAMPLING)}.")
     return config_from(TrainConfig, options)
@@ -112,7 +113,7 @@ def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitRe
     try:
         log.info("%s run %s (method %s)", "resuming" if resume else "starting", run, req.method)
         if multi_label:
-            return fit_multilabel(req, run, specs, t0)
+            return fit_multilabel(req, run, specs, t0, _train_config(req, multi_label=True), resume)
         backbone = load_backbone(req.backbone, req.device, req.precision, req.clip_cache)
         method = build_method(req.method, backbone, [t.classnames for t in tasks], asdict(req), [t.title for t in tasks])
         train_cfg = _train_config(req)
@@ -145,13 +146,13 @@ def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitRe
 
             def save(state: dict) -> None:  # the checkpoint last: it is what --resume trusts
                 write_csv(run / "history.csv", pd.DataFrame(state["history"]))
-                R.save_checkpoint(run, _checkpoint(method, tasks, backbone, state, done=False))
+                R.save_checkpoint(run, R.checkpoint_payload(method, [t.name for t in tasks], backbone, state, done=False))
 
             history = train(method, train_data, train_cfg, train_state, save)
             write_csv(run / "history.csv", pd.DataFrame(history))
         else:
             method.fit(train_data)
-        R.save_checkpoint(run, _checkpoint(method, tasks, backbone, None, done=True))
+        R.save_checkpoint(run, R.checkpoint_payload(method, [t.name for t in tasks], backbone, None, done=True))
         predictions = evaluate(method.classifiers(), tests)
         details = {"method": req.method, "backbone": req.backbone, "shots": str(req.shots), "seed": str(req.seed)}
         headline = {t.name: s.metric for t, s in zip(tasks, specs)}
@@ -175,16 +176,3 @@ def _without(tasks: list[D.Task], failed: dict[str, str]) -> list[D.Task]:
         D.Task(t.name, t.classnames, {k: [s for s in v if str(s.path) not in failed] for k, v in t.splits.items()}, t.source, t.title)
         for t in tasks
     ]
-
-
-def _checkpoint(method: Method, tasks: list[D.Task], backbone: Backbone, train_state: dict | None, done: bool) -> dict:
-    return {
-        "method": method.name,
-        "state": method.state(),
-        "classnames": [t.classnames for t in tasks],
-        "tasks": [t.name for t in tasks],
-        "geometry": backbone.geometry,
-        "backbone_sha256": backbone.checksum,
-        "train_state": train_state,
-        "done": done,
-    }

@@ -1,4 +1,5 @@
-"""`cpt fit` on multi-label tasks (label files with unknown entries): zero-shot ranking + mAP.
+"""`cpt fit` on multi-label tasks (label files with unknown entries): zero-shot, or CoOp trained
+with the asymmetric loss on the known entries (`--known-ratio` hides the rest, under the seed).
 
 Unknown entries are left out of every AP; classes without a known positive are left out of
 the mean and counted in `n_classes_evaluated`.
@@ -17,24 +18,56 @@ from cpt import run as R
 from cpt.backbone import load_backbone
 from cpt.console import log
 from cpt.errors import CptError
-from cpt.features import FeatureCache
+from cpt.features import AugmentSpec, FeatureCache
 from cpt.io import write_csv
-from cpt.methods import build_method
+from cpt.methods import TaskData, build_method
 from cpt.metrics import multilabel_frames
-from cpt.multilabel import load_multilabel_task
+from cpt.multilabel import load_multilabel_task, mask_known
 from cpt.options import FitRequest, FitResult
 from cpt.report import write_multilabel_report
 from cpt.taskfile import TaskSpec
+from cpt.train import TrainConfig, train
 
-MULTILABEL_METHODS = ("zeroshot",)
+MULTILABEL_METHODS = ("zeroshot", "coop")
 
 
-def fit_multilabel(req: FitRequest, run: Path, specs: list[TaskSpec], t0: float) -> FitResult:
-    """Zero-shot multi-label classification of each task's test images; writes the run's CSVs and report."""
+def _train(req: FitRequest, run: Path, method, tasks: list, cache: FeatureCache, train_cfg: TrainConfig, resume: bool) -> None:
+    """Prompt training on the known entries of the training labels (--known-ratio hides the rest)."""
+    aug = AugmentSpec(views=req.aug_views, scale=(req.crop_scale, 1.0))
+    data = []
+    for task in tasks:
+        labelled = task.splits["train"]
+        targets = mask_known(labelled.targets, req.known_ratio, req.seed)
+        labels = pd.DataFrame(targets, columns=task.classnames)
+        labels.insert(0, "path", [str(p) for p in labelled.paths])
+        write_csv(run / f"train_labels_{task.name}.csv", labels)  # what the run learned from (-1: unknown)
+        views = cache.features(labelled.paths, aug, f"{task.name}: train views")
+        keep = torch.tensor([i for i, p in enumerate(labelled.paths) if str(p) not in cache.stats.failed], dtype=torch.long)
+        dim = views.shape[-1]
+        data.append(TaskData(task.name, task.classnames, views[keep], torch.empty(0, dim),
+                             torch.from_numpy(targets).long()[keep], torch.empty(0, dim), torch.empty(0, dtype=torch.long)))
+    checkpoint = R.load_checkpoint(run) if resume else None
+    if checkpoint and checkpoint.get("done"):
+        method.load_state(checkpoint["state"])
+        return
+
+    def save(state: dict) -> None:
+        write_csv(run / "history.csv", pd.DataFrame(state["history"]))
+        R.save_checkpoint(run, R.checkpoint_payload(method, [t.name for t in tasks], cache.backbone, state, done=False))
+
+    history = train(method, data, train_cfg, checkpoint["train_state"] if checkpoint else None, save)
+    write_csv(run / "history.csv", pd.DataFrame(history))
+
+
+def fit_multilabel(req: FitRequest, run: Path, specs: list[TaskSpec], t0: float, train_cfg: TrainConfig,
+                   resume: bool = False) -> FitResult:
+    """Multi-label runs: zero-shot, or prompts trained on partial labels; test mAP, CSVs and report."""
     if req.method not in MULTILABEL_METHODS:
         raise CptError(
             f"--method {req.method} does not train on multi-label tasks; use one of {', '.join(MULTILABEL_METHODS)}."
         )
+    if req.class_sample_rate > 0:
+        raise CptError("--class-sample-rate applies to single-label tasks only.")
     loaded = [load_multilabel_task(s.name, s.path) for s in specs]
     tasks = [task for task, _ in loaded]
     skipped = [s for _, skips in loaded for s in skips]
@@ -45,12 +78,15 @@ def fit_multilabel(req: FitRequest, run: Path, specs: list[TaskSpec], t0: float)
         "multi_label": True,
         "request": asdict(req),
         "method_config": asdict(method.cfg),
+        "train": asdict(train_cfg) if method.trains else None,
         "backbone": backbone.describe(),
         "tasks": [{"name": t.name, "title": t.title, "source": t.source, "classnames": t.classnames} for t in tasks],
         "status": "running",
     }
     R.write_config(run, config)
     cache = FeatureCache(backbone, Path(req.cache_dir) if req.cache_dir else None, req.encode_batch_size)
+    if method.trains:
+        _train(req, run, method, tasks, cache, train_cfg, resume)
     metrics, per_class = [], []
     for task, classifier in zip(tasks, method.classifiers()):
         test = task.splits["test"]
@@ -67,10 +103,8 @@ def fit_multilabel(req: FitRequest, run: Path, specs: list[TaskSpec], t0: float)
     write_csv(run / "skipped.csv", skipped_frame)
     write_csv(run / "metrics.csv", metrics)
     write_csv(run / "per_class.csv", per_class)
-    R.save_checkpoint(run, {"method": method.name, "state": {}, "classnames": [t.classnames for t in tasks],
-                            "tasks": [t.name for t in tasks], "geometry": backbone.geometry,
-                            "backbone_sha256": backbone.checksum, "train_state": None, "done": True})
-    details = {"method": req.method, "backbone": req.backbone, "templates": "; ".join(method.cfg.templates)}
+    R.save_checkpoint(run, R.checkpoint_payload(method, [t.name for t in tasks], backbone, None, done=True))
+    details = {"method": req.method, "backbone": req.backbone, "known ratio": str(req.known_ratio)}
     write_multilabel_report(run, f"cpt fit: {req.method} on {', '.join(t.name for t in tasks)}", metrics, per_class, details)
     R.write_config(run, {**config, "status": "finished"})
     log.info("finished: %s", run)

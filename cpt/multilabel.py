@@ -104,3 +104,11 @@ def load_multilabel_task(name: str, folder: str) -> tuple[MultiLabelTask, list[S
     if not len(test.paths):
         raise CptError(f"Multi-label task {name!r} has no readable test image in {files['test']}.")
     return MultiLabelTask(name, classnames, {"train": train, "test": test}, folder, name.replace("_", " ")), skipped + skipped_test
+
+
+def mask_known(targets: np.ndarray, ratio: float, seed: int) -> np.ndarray:
+    """Keep each (image, label) entry independently with probability `ratio`, the rest unknown (-1)."""
+    if not 0 < ratio <= 1:
+        raise CptError(f"--known-ratio {ratio} must be in (0, 1].")
+    keep = np.random.default_rng([seed, 7]).random(targets.shape) < ratio
+    return np.where(keep, targets, UNKNOWN).astype(np.int8)

@@ -17,6 +17,7 @@ class FitRequest:
     data_root: str | None = None  # where benchmark suites (general10, plant6, fashion20) live
     out: str = ""
     shots: int = 16
+    known_ratio: float = 1.0  # multi-label: share of training label entries kept known
     seed: int = 1
     backbone: str = "RN50"
     device: str = "auto"

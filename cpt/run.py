@@ -66,6 +66,20 @@ def read_config(run: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def checkpoint_payload(method, tasks: list[str], backbone, train_state: dict | None, done: bool) -> dict:
+    """What checkpoint.pt holds: the method's learned tensors and what rebuilding it needs."""
+    return {
+        "method": method.name,
+        "state": method.state(),
+        "classnames": method.classnames,
+        "tasks": tasks,
+        "geometry": backbone.geometry,
+        "backbone_sha256": backbone.checksum,
+        "train_state": train_state,
+        "done": done,
+    }
+
+
 def save_checkpoint(run: Path, payload: dict) -> None:
     """checkpoint.pt: learned tensors plus what is needed to rebuild the method."""
     save_torch(Path(run) / CHECKPOINT, payload)

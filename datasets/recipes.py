@@ -129,7 +129,8 @@ RECIPES: dict[str, Recipe] = {
         # 32 px scenes of a few small objects: a random crop can cut away what is counted or
         # measured, so the toy suite trains on flipped full views by default
         Recipe("toy", "toy world: shape (6), colour (8), count (4), size (2) classes", False, materialize_toy, 1.0),
-        Recipe("toy-ml", "toy world, multi-label: 18 co-occurring labels (shapes, colours, backgrounds)", True, materialize_toy_ml),
+        Recipe("toy-ml", "toy world, multi-label: 18 co-occurring labels (shapes, colours, backgrounds)", True,
+               materialize_toy_ml, 1.0),
     )
 }
 

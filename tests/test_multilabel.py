@@ -45,3 +45,31 @@ def test_unknown_cells_and_mismatched_files(tmp_path):
     (tmp_path / "train.csv").write_text(f"path,labels\n{paths[0]},a\n{paths[1]},b\n")
     with pytest.raises(CptError, match="zebra"):
         load_multilabel_task("t", str(tmp_path))
+
+
+def test_known_ratio_mask_keeps_p_of_the_entries_and_repeats_under_the_seed():
+    from cpt.multilabel import mask_known
+
+    targets = np.random.default_rng(0).integers(0, 2, (400, 50))
+    masked = mask_known(targets, 0.3, seed=1)
+    known = masked >= 0
+    assert abs(known.mean() - 0.3) < 3 * np.sqrt(0.3 * 0.7 / known.size)  # within sampling error
+    assert np.array_equal(masked[known], targets[known])
+    assert np.array_equal(masked, mask_known(targets, 0.3, seed=1))
+    assert not np.array_equal(masked, mask_known(targets, 0.3, seed=2))
+    with pytest.raises(CptError, match="known-ratio"):
+        mask_known(targets, 0.0, seed=1)
+
+
+def test_asymmetric_loss_by_hand_ignores_unknowns():
+    import torch
+
+    from cpt.losses import asymmetric_loss
+
+    logits = torch.tensor([[2.0, -1.0, 0.5]])
+    targets = torch.tensor([[1, 0, -1]])
+    p = torch.sigmoid(logits)[0]
+    p_neg = (p[1] - 0.05).clamp(min=0)
+    expected = -(torch.log(p[0]) + torch.log(1 - p_neg) * p_neg**4)
+    torch.testing.assert_close(asymmetric_loss(logits, targets), expected)
+    assert asymmetric_loss(logits, torch.full((1, 3), -1)) == 0

@@ -102,6 +102,21 @@ def test_zero_shot_map_on_toy_ml_beats_random_scores(tmp_path):
         assert sorted(r["classes"]) == sorted(np.array([c.replace("_", " ") for c in recipes.TOY_ML_LABELS])[scores >= 0.9].tolist())
 
 
-def test_coop_on_multilabel_is_refused_clearly(tmp_path):
-    code, _, err = cli("fit", "--method", "coop", "--tasks", "toy-ml", "--backbone", "toy", "--out", tmp_path / "r")
+def test_single_label_only_methods_are_refused_on_multilabel_tasks(tmp_path):
+    code, _, err = cli("fit", "--method", "softcpt", "--tasks", "toy-ml", "--backbone", "toy", "--out", tmp_path / "r")
     assert code == 2 and "multi-label" in err
+
+
+@pytest.mark.slow
+def test_coop_on_partial_labels_beats_zero_shot_map(tmp_path):
+    """toy-ml with 30 % of the training label entries known: prompt tuning with ASL lifts mAP."""
+    zs = fit_json("--method", "zeroshot", "--tasks", "toy-ml", "--backbone", "toy", "--out", tmp_path / "zs")
+    coop = fit_json("--method", "coop", "--tasks", "toy-ml", "--backbone", "toy", "--known-ratio", "0.3",
+                    "--ctx-init", "a photo of a", "--epochs", "20", "--out", tmp_path / "coop")
+
+    def map_(summary):
+        return next(m["value"] for m in summary["metrics"] if m["metric"] == "mAP")
+
+    assert map_(coop) >= map_(zs) + 10, (map_(zs), map_(coop))
+    labels = pd.read_csv(tmp_path / "coop" / "train_labels_toy-ml.csv").drop(columns="path").to_numpy()
+    assert abs((labels >= 0).mean() - 0.3) < 0.02

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cpt.backbone import Backbone
+from cpt.losses import asymmetric_loss
 
 
 @dataclass
@@ -41,7 +42,7 @@ class TaskData:
     classnames: list[str]
     train_views: Tensor  # (n, views, dim): augmented views for gradient training
     train_plain: Tensor  # (n, dim): centre-crop view (linear probe)
-    train_labels: Tensor  # (n,)
+    train_labels: Tensor  # (n,) class labels, or (n, n_cls) multi-label targets 1 / 0 / -1
     val: Tensor  # (m, dim)
     val_labels: Tensor  # (m,)
 
@@ -105,8 +106,11 @@ class PromptMethod(Method, torch.nn.Module):
         return self.logit_scale() * F.normalize(features.float(), dim=-1) @ weight.T
 
     def loss(self, logits: Tensor, labels: Tensor, task: int) -> Tensor:
-        """Softmax cross-entropy over the task's own classes, summed over its images (the train
-        loop normalises, see `task_mean`)."""
+        """Summed over the task's images (the train loop normalises, see `task_mean`): softmax
+        cross-entropy over the task's classes for class labels (n,), the asymmetric loss over
+        known entries for multi-label targets (n, n_cls) of 1 / 0 / -1."""
+        if labels.dim() == 2:
+            return asymmetric_loss(logits, labels)
         return F.cross_entropy(logits, labels, reduction="sum")
 
     @torch.no_grad()
