@@ -19,6 +19,7 @@ from cpt.backbone import load_backbone
 from cpt.console import log
 from cpt.errors import CptError
 from cpt.features import FeatureCache
+from cpt.fit_ml import evaluate_multilabel, write_multilabel_results
 from cpt.io import write_csv
 from cpt.methods import Classifier, build_method
 from cpt.metrics import (
@@ -27,6 +28,7 @@ from cpt.metrics import (
     per_class_frame,
     predictions_frame,
 )
+from cpt.multilabel import load_multilabel_task
 from cpt.report import write_single_label_report
 
 
@@ -125,10 +127,7 @@ def evaluate_target(req: EvalRequest) -> tuple[Path, pd.DataFrame]:
     is_run = (Path(req.target) / R.CONFIG).exists()
     if is_run:
         if R.read_config(Path(req.target)).get("multi_label"):
-            raise CptError(
-                f"{req.target} is a multi-label run: its test mAP is in {req.target}/metrics.csv; "
-                "re-evaluating multi-label runs with `cpt eval` is not supported yet."
-            )
+            return _evaluate_multilabel_run(req)
         config, backbone, method = load_run(Path(req.target), req.device, req.precision, req.clip_cache, req.templates)
         options = config["request"]
     elif req.data is None:
@@ -166,6 +165,20 @@ def evaluate_target(req: EvalRequest) -> tuple[Path, pd.DataFrame]:
     headline = {t["name"]: t.get("metric", "accuracy") for t in config["tasks"]} if is_run else None
     metrics = write_results(out, evaluate([classifiers[i] for i in index], sets), "test", f"cpt eval: {req.target}",
                             details, headline)
+    return out, metrics
+
+
+def _evaluate_multilabel_run(req: EvalRequest) -> tuple[Path, pd.DataFrame]:
+    """A multi-label run's test split again (mAP, CP/CR/CF1/OP/OR/OF1, report) into the run or --out."""
+    if req.data is not None:
+        raise CptError("--data is for single-label runs; a multi-label run is evaluated on its own test labels.")
+    config, backbone, method = load_run(Path(req.target), req.device, req.precision, req.clip_cache, req.templates)
+    tasks = [load_multilabel_task(t["name"], t["source"])[0] for t in config["tasks"]]
+    cache_dir = req.cache_dir or config["request"].get("cache_dir")
+    metrics, per_class = evaluate_multilabel(tasks, method.classifiers(), FeatureCache(backbone, Path(cache_dir) if cache_dir else None))
+    out = Path(req.out) if req.out else Path(req.target)
+    details = {"target": req.target, "method": config["request"]["method"], "backbone": config["request"]["backbone"]}
+    write_multilabel_results(out, f"cpt eval: {req.target}", metrics, per_class, details)
     return out, metrics
 
 

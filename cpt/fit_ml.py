@@ -20,9 +20,9 @@ from cpt.console import log
 from cpt.errors import CptError
 from cpt.features import AugmentSpec, FeatureCache
 from cpt.io import write_csv
-from cpt.methods import TaskData, build_method
+from cpt.methods import Classifier, TaskData, build_method
 from cpt.metrics import multilabel_frames
-from cpt.multilabel import load_multilabel_task, mask_known
+from cpt.multilabel import MultiLabelTask, load_multilabel_task, mask_known
 from cpt.options import FitRequest, FitResult
 from cpt.report import write_multilabel_report
 from cpt.taskfile import TaskSpec
@@ -59,6 +59,29 @@ def _train(req: FitRequest, run: Path, method, tasks: list, cache: FeatureCache,
     write_csv(run / "history.csv", pd.DataFrame(history))
 
 
+def evaluate_multilabel(tasks: list[MultiLabelTask], classifiers: list[Classifier],
+                        cache: FeatureCache) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(metrics, per_class) of every task's test split, images that fail to decode left out."""
+    metrics, per_class = [], []
+    for task, classifier in zip(tasks, classifiers):
+        test = task.splits["test"]
+        feats = cache.features(test.paths, None, f"{task.name}: test")
+        keep = [i for i, p in enumerate(test.paths) if str(p) not in cache.stats.failed]
+        scores = classifier.logits(feats[torch.tensor(keep, dtype=torch.long)]).numpy()
+        m, pc = multilabel_frames(task.name, task.classnames, scores, test.targets[keep], "test")
+        metrics.append(m)
+        per_class.append(pc)
+    return pd.concat(metrics, ignore_index=True), pd.concat(per_class, ignore_index=True)
+
+
+def write_multilabel_results(out: Path, title: str, metrics: pd.DataFrame, per_class: pd.DataFrame,
+                             details: dict[str, str]) -> None:
+    """metrics.csv, per_class.csv and the mAP report into `out`."""
+    write_csv(out / "metrics.csv", metrics)
+    write_csv(out / "per_class.csv", per_class)
+    write_multilabel_report(out, title, metrics, per_class, details)
+
+
 def fit_multilabel(req: FitRequest, run: Path, specs: list[TaskSpec], t0: float, train_cfg: TrainConfig,
                    resume: bool = False) -> FitResult:
     """Multi-label runs: zero-shot, or prompts trained on partial labels; test mAP, CSVs and report."""
@@ -87,25 +110,14 @@ def fit_multilabel(req: FitRequest, run: Path, specs: list[TaskSpec], t0: float,
     cache = FeatureCache(backbone, Path(req.cache_dir) if req.cache_dir else None, req.encode_batch_size)
     if method.trains:
         _train(req, run, method, tasks, cache, train_cfg, resume)
-    metrics, per_class = [], []
-    for task, classifier in zip(tasks, method.classifiers()):
-        test = task.splits["test"]
-        feats = cache.features(test.paths, None, f"{task.name}: test")
-        keep = [i for i, p in enumerate(test.paths) if str(p) not in cache.stats.failed]
-        scores = classifier.logits(feats[torch.tensor(keep, dtype=torch.long)]).numpy()
-        m, pc = multilabel_frames(task.name, task.classnames, scores, test.targets[keep], "test")
-        metrics.append(m)
-        per_class.append(pc)
-    metrics, per_class = pd.concat(metrics, ignore_index=True), pd.concat(per_class, ignore_index=True)
+    metrics, per_class = evaluate_multilabel(tasks, method.classifiers(), cache)
     failed = [(t.name, p, r) for t in tasks for p, r in cache.stats.failed.items()]
     skipped_frame = pd.DataFrame([asdict(s) for s in skipped] + [dict(zip(("task", "path", "reason"), f)) for f in failed],
                                  columns=["task", "path", "reason"])
     write_csv(run / "skipped.csv", skipped_frame)
-    write_csv(run / "metrics.csv", metrics)
-    write_csv(run / "per_class.csv", per_class)
     R.save_checkpoint(run, R.checkpoint_payload(method, [t.name for t in tasks], backbone, None, done=True))
     details = {"method": req.method, "backbone": req.backbone, "known ratio": str(req.known_ratio)}
-    write_multilabel_report(run, f"cpt fit: {req.method} on {', '.join(t.name for t in tasks)}", metrics, per_class, details)
+    write_multilabel_results(run, f"cpt fit: {req.method} on {', '.join(t.name for t in tasks)}", metrics, per_class, details)
     R.write_config(run, {**config, "status": "finished"})
     log.info("finished: %s", run)
     return FitResult(run, metrics, cache.stats.encoded, cache.stats.cached, len(skipped_frame), time.perf_counter() - t0)

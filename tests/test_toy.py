@@ -90,6 +90,11 @@ def test_zero_shot_map_on_toy_ml_beats_random_scores(tmp_path):
     assert len(per_class) == len(recipes.TOY_ML_LABELS) and {"ap", "positives", "support"} <= set(per_class.columns)
     assert (tmp_path / "ml" / "report.md").read_text().count("mAP") >= 1
 
+    # cpt eval re-evaluates the run to the same figures
+    code, out, err = cli("eval", tmp_path / "ml", "--json", "--quiet")
+    assert code == 0, err
+    assert json.loads(out)["metrics"] == summary["metrics"]
+
     # the multi-label run exports and predicts: every class scored, the set above the threshold
     images = sorted((Path(config["tasks"][0]["source"]) / "images").glob("test_000*.png"))
     code, out, err = cli("predict", tmp_path / "ml", *images, "--jsonl", "--threshold", "0.9", "--quiet")
