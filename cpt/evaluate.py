@@ -47,7 +47,7 @@ def test_set(task: D.Task, cache: FeatureCache, split: str = "test") -> EvalSet:
     """Cached features of a task's split, without images that failed to decode."""
     samples = task.splits[split]
     feats = cache.features([s.path for s in samples], None, f"{task.name}: {split}")
-    keep = [i for i, s in enumerate(samples) if str(s.path) not in cache.stats.failed]
+    keep = cache.readable([s.path for s in samples]).tolist()
     if not keep:
         raise CptError(f"Task {task.name!r} has no readable {split} image (see skipped.csv).")
     labels = torch.tensor([samples[i].label for i in keep], dtype=torch.long)

@@ -117,6 +117,10 @@ class FeatureCache:
         self.stats.encoded += len(batch)
         return [f.numpy() for f in feats.split(sizes)]
 
+    def readable(self, paths: list[Path]) -> Tensor:
+        """Indices of `paths` whose image has not failed to decode (call after `features`)."""
+        return torch.tensor([i for i, p in enumerate(paths) if str(p) not in self.stats.failed], dtype=torch.long)
+
     def features(self, paths: list[Path], aug: AugmentSpec | None = None, label: str = "Encoding images") -> Tensor:
         """Features of `paths`: (n, dim) for the eval view, (n, views, dim) with `aug`.
 

@@ -46,11 +46,6 @@ def _load_tasks(
     return tasks, skipped
 
 
-def _kept(samples: list[D.Sample], failed: dict[str, str]) -> torch.Tensor:
-    """Indices of the samples whose image decoded."""
-    return torch.tensor([i for i, s in enumerate(samples) if str(s.path) not in failed], dtype=torch.long)
-
-
 def _labels(samples: list[D.Sample], keep: torch.Tensor) -> torch.Tensor:
     return torch.tensor([samples[i].label for i in keep.tolist()], dtype=torch.long)
 
@@ -71,13 +66,13 @@ def _task_data(uses: tuple[str, ...], task: D.Task, cache: FeatureCache, aug: Au
     paths = [s.path for s in train]
     views = cache.features(paths, aug, f"{task.name}: train views") if "views" in uses else torch.empty(len(train), aug.views, dim)
     plain = cache.features(paths, None, f"{task.name}: train") if "plain" in uses else torch.empty(len(train), dim)
-    keep = _kept(train, cache.stats.failed)
+    keep = cache.readable([s.path for s in train])
     labels = _labels(train, keep)
     if uses:
         _check_classes(task, labels)
     if "val" in uses:
         val_feats = cache.features([s.path for s in val], None, f"{task.name}: val")
-        val_keep = _kept(val, cache.stats.failed)
+        val_keep = cache.readable([s.path for s in val])
         val_feats, val_labels = val_feats[val_keep], _labels(val, val_keep)
     else:
         val_feats, val_labels = torch.empty(0, dim), torch.empty(0, dtype=torch.long)

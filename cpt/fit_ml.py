@@ -42,7 +42,7 @@ def _train(req: FitRequest, run: Path, method, tasks: list, cache: FeatureCache,
         labels.insert(0, "path", [str(p) for p in labelled.paths])
         write_csv(run / f"train_labels_{task.name}.csv", labels)  # what the run learned from (-1: unknown)
         views = cache.features(labelled.paths, aug, f"{task.name}: train views")
-        keep = torch.tensor([i for i, p in enumerate(labelled.paths) if str(p) not in cache.stats.failed], dtype=torch.long)
+        keep = cache.readable(labelled.paths)
         dim = views.shape[-1]
         data.append(TaskData(task.name, task.classnames, views[keep], torch.empty(0, dim),
                              torch.from_numpy(targets).long()[keep], torch.empty(0, dim), torch.empty(0, dtype=torch.long)))
@@ -66,9 +66,9 @@ def evaluate_multilabel(tasks: list[MultiLabelTask], classifiers: list[Classifie
     for task, classifier in zip(tasks, classifiers):
         test = task.splits["test"]
         feats = cache.features(test.paths, None, f"{task.name}: test")
-        keep = [i for i, p in enumerate(test.paths) if str(p) not in cache.stats.failed]
-        scores = classifier.logits(feats[torch.tensor(keep, dtype=torch.long)]).numpy()
-        m, pc = multilabel_frames(task.name, task.classnames, scores, test.targets[keep], "test")
+        keep = cache.readable(test.paths)
+        scores = classifier.logits(feats[keep]).numpy()
+        m, pc = multilabel_frames(task.name, task.classnames, scores, test.targets[keep.numpy()], "test")
         metrics.append(m)
         per_class.append(pc)
     return pd.concat(metrics, ignore_index=True), pd.concat(per_class, ignore_index=True)

@@ -57,10 +57,10 @@ def predict(artifact: Artifact, backbone: Backbone, images: list[Path], task: st
         feats = cache.features(chunk, None, "Predicting")
         for path in set(cache.stats.failed) - before:
             log.warning("skipped %s: %s", path, cache.stats.failed[path])
-        ok = [i for i, p in enumerate(chunk) if str(p) not in cache.stats.failed]
+        ok = cache.readable(chunk).tolist()
         if not ok:
             continue
-        feats = feats[torch.tensor(ok)]
+        feats = feats[ok]
         for t in tasks:
             logits = artifact.classifiers[t].logits(feats)
             names = artifact.classnames[t]
