@@ -9,6 +9,7 @@ from cpt_cli.app import app, command, emit_json
 from rich.table import Table
 
 from cpt.bench import GEOMETRIES, as_dicts, machine, run_bench
+from cpt.bench_ml import run_scpnet_bench
 from cpt.console import console
 
 
@@ -17,11 +18,14 @@ from cpt.console import console
   cpt bench                                  # tiny and toy CLIP, 10 / 100 / 1,191 / 5,000 classes, CPU
 
   cpt bench --geometry vit-b16 --classes 1191 --device cuda --json
+
+  cpt bench --scpnet                         # feature cache images/s and bytes, SCPNet step for 20 / 80 / 1,000 classes
 """)
 @command
 def bench_cmd(
     geometry: Annotated[Optional[list[str]], typer.Option(help=f"Model geometry (repeatable): {', '.join(GEOMETRIES)}; random weights except toy [default: tiny, toy].")] = None,
-    classes: Annotated[str, typer.Option(help="Comma-separated class counts.")] = "10,100,1191,5000",
+    classes: Annotated[Optional[str], typer.Option(help="Comma-separated class counts [default: 10,100,1191,5000; with --scpnet 20,80,1000].")] = None,
+    scpnet: Annotated[bool, typer.Option(help="SCPNet's figures instead: feature extraction images/s, cache bytes per image, training step on cached features.")] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     precision: Annotated[str, typer.Option(help="fp32, fp16 or bf16 for the frozen CLIP.")] = "fp32",
     repeats: Annotated[int, typer.Option(help="Timed steps per path (median reported), after one warm-up.")] = 5,
@@ -30,7 +34,10 @@ def bench_cmd(
     quiet: Annotated[bool, typer.Option(help="No table on stderr.")] = False,
 ) -> None:
     """Time the optimised training step against a naive CoOp loop (full context, images re-encoded)."""
-    counts = [int(c) for c in classes.split(",") if c.strip()]
+    counts = [int(c) for c in (classes or ("20,80,1000" if scpnet else "10,100,1191,5000")).split(",") if c.strip()]
+    if scpnet:
+        _scpnet(list(geometry or ["tiny", "toy"]), counts, device, repeats, json_out, quiet)
+        return
     rows = run_bench(list(geometry or ["tiny", "toy"]), counts, device, precision, repeats, n_ctx)
     where = machine()
     if json_out:
@@ -43,4 +50,25 @@ def bench_cmd(
     for r in rows:
         table.add_row(r.geometry, str(r.classes), r.path[:3], f"{r.step_ms:.1f}", f"{r.steps_per_s:.1f}", f"{r.peak_mb:.0f}",
                       f"{r.speedup:.1f}", f"{r.memory_ratio:.1f}", f"{r.max_logit_diff:.0e}")
+    console.print(table)
+
+
+def _scpnet(geometries: list[str], counts: list[int], device: str, repeats: int, json_out: bool, quiet: bool) -> None:
+    extraction, steps = run_scpnet_bench(geometries, counts, device, repeats)
+    where = machine()
+    if json_out:
+        emit_json({"machine": where, "extraction": as_dicts(extraction), "steps": as_dicts(steps)})
+    if quiet:
+        return
+    table = Table(title=f"feature cache on {where} (64 PNGs, 8 views; bytes on disk per image)")
+    for col in ("model", "view", "views/image", "images/s", "bytes/image"):
+        table.add_column(col, justify="right")
+    for r in extraction:
+        table.add_row(r.geometry, r.view, str(r.views_per_image), f"{r.images_per_s:.1f}", f"{r.bytes_per_image:.0f}")
+    console.print(table)
+    table = Table(title="SCPNet training step on cached features (batch 32: weak + weak + strong views)")
+    for col in ("model", "classes", "ms/step", "steps/s", "MB"):
+        table.add_column(col, justify="right")
+    for r in steps:
+        table.add_row(r.geometry, str(r.classes), f"{r.step_ms:.1f}", f"{r.steps_per_s:.2f}", f"{r.peak_mb:.0f}")
     console.print(table)

@@ -14,6 +14,12 @@ from cpt.methods import METHODS
 from cpt.options import FitRequest
 
 DEFAULTS = FitRequest()
+ML = "Multi-label data and partial labels"
+SCP = "SCPNet"
+
+
+def _str(path: Optional[Path]) -> Optional[str]:
+    return str(path) if path is not None else None
 
 
 @app.command("fit", epilog="""Examples:
@@ -24,6 +30,10 @@ DEFAULTS = FitRequest()
 
   cpt fit --method softcpt --tasks toy --backbone toy --shots 4
 
+  cpt fit --method scpnet --labels train.csv --images imgs/ --test-labels test.csv --known-ratio 0.3
+
+  cpt fit --method scpnet --tasks toy-ml --backbone toy --known-ratio 0.3 --no-prior
+
   cpt fit --resume runs/pets-coop
 """)
 @command
@@ -32,7 +42,13 @@ def fit_cmd(
     data_root: Annotated[Optional[Path], typer.Option(help="Where the benchmark datasets live [default: $CPT_DATA_ROOT or ~/data].")] = None,
     method: Annotated[str, typer.Option(help=f"One of: {', '.join(METHODS)}.")] = DEFAULTS.method,
     shots: Annotated[int, typer.Option(help="Training images per class (0 = all).")] = DEFAULTS.shots,
-    known_ratio: Annotated[float, typer.Option(help="Multi-label: keep each training (image, label) entry known with this probability (under --seed).")] = DEFAULTS.known_ratio,
+    labels: Annotated[Optional[Path], typer.Option(help="Multi-label label file instead of --tasks: a wide CSV path,<class>... (1/0/-1 or blank), a long CSV path,labels (';'-joined positives), a COCO instances_*.json, a VOC folder or ImageSets/Main/<split>.txt. --tasks then only names the task.", rich_help_panel=ML)] = None,
+    images: Annotated[Optional[Path], typer.Option(help="Image root of --labels [default: the CSV's folder; COCO: ../<split> beside annotations/; VOC: JPEGImages].", rich_help_panel=ML)] = None,
+    test_labels: Annotated[Optional[Path], typer.Option(help="Test label file (same format and classes) [default: 30% of --labels, split by --seed].", rich_help_panel=ML)] = None,
+    unknown_value: Annotated[int, typer.Option(help="Wide CSV: the cell value meaning unknown: -1 (then 0 is negative) or 0 (then -1 is negative).", rich_help_panel=ML)] = DEFAULTS.unknown_value,
+    known_ratio: Annotated[float, typer.Option(help="Keep each training (image, label) entry known with this probability (under --seed); the mask is saved in the run.", rich_help_panel=ML)] = DEFAULTS.known_ratio,
+    mask: Annotated[Optional[Path], typer.Option(help="Reuse a saved mask_<task>.csv (1 known, 0 hidden) instead of drawing one.", rich_help_panel=ML)] = None,
+    single_positive: Annotated[bool, typer.Option(help="Keep one positive label per training image, every other entry unknown.", rich_help_panel=ML)] = False,
     seed: Annotated[int, typer.Option(help="Seed of sampling, splits, initialisation and training order.")] = DEFAULTS.seed,
     backbone: Annotated[str, typer.Option(help="OpenAI CLIP name (RN50, ViT-B/16, ...) or a checkpoint path.")] = DEFAULTS.backbone,
     out: Annotated[Optional[Path], typer.Option(help="Run directory [default: runs/<method>-<tasks>-<shots>shot-seed<seed>].")] = None,
@@ -53,13 +69,27 @@ def fit_cmd(
     class_sample_rate: Annotated[float, typer.Option(help="Approximate: per step, encode the batch's classes plus this share of the others (0 = all).")] = DEFAULTS.class_sample_rate,
     amp: Annotated[bool, typer.Option(help="Approximate: bf16 autocast of the training forward pass (GPU).")] = DEFAULTS.amp,
     grad_checkpoint: Annotated[bool, typer.Option(help="Recompute text-encoder activations in backward: less memory, more time.")] = DEFAULTS.grad_checkpoint,
-    n_ctx: Annotated[int, typer.Option(help="Context tokens of a learned prompt.")] = DEFAULTS.n_ctx,
-    ctx_init: Annotated[str, typer.Option(help="Initialise the context from these words (e.g. 'a photo of a'); sets --n-ctx.")] = DEFAULTS.ctx_init,
+    n_ctx: Annotated[Optional[int], typer.Option(help="Context tokens of a learned prompt [default: 16; scpnet: 4].")] = None,
+    ctx_init: Annotated[Optional[str], typer.Option(help="Initialise the context from these words; sets --n-ctx [default: random; scpnet: 'a photo of a'].")] = None,
     class_specific: Annotated[bool, typer.Option(help="One context per class (CoOp-CS) instead of one per task.")] = DEFAULTS.class_specific,
     class_token_position: Annotated[str, typer.Option(help="Where the class name goes: end, middle or front.")] = DEFAULTS.position,
     template: Annotated[Optional[list[str]], typer.Option(help="Zero-shot prompt template with {} for the class (repeatable), or 'ensemble'.")] = None,
     aug_views: Annotated[int, typer.Option(help="Augmented views cached per training image.")] = DEFAULTS.aug_views,
     crop_scale: Annotated[Optional[float], typer.Option(help="Smallest area fraction of the random resized crop (1 = flips only) [default: CoOp's 0.08; 1.0 for the toy recipe].")] = None,
+    no_prior: Annotated[bool, typer.Option(help="Ablation: no label prior (identity graph, uncalibrated soft targets).", rich_help_panel=SCP)] = False,
+    no_gcn: Annotated[bool, typer.Option(help="Ablation: no graph module over the class features.", rich_help_panel=SCP)] = False,
+    no_self_training: Annotated[bool, typer.Option(help="Ablation: the supervised loss only (no weak/strong self-training).", rich_help_panel=SCP)] = False,
+    finetune_image: Annotated[bool, typer.Option(help="Train the image encoder too, as the paper does (slow: no feature cache for training).", rich_help_panel=SCP)] = False,
+    image_lr_scale: Annotated[Optional[float], typer.Option(help="With --finetune-image: the image encoder's learning rate as a share of --lr [default: 0.1].", rich_help_panel=SCP)] = None,
+    logit_scale: Annotated[Optional[float], typer.Option(help="Fixed logit scale [default: 10, SCPNet's COCO setting].", rich_help_panel=SCP)] = None,
+    lambda_u: Annotated[Optional[float], typer.Option(help="Weight of the self-training term [default: 0.125].", rich_help_panel=SCP)] = None,
+    kl_lambda: Annotated[Optional[float], typer.Option(help="Weight of the prior-calibrated soft targets within it [default: 1].", rich_help_panel=SCP)] = None,
+    p_cutoff: Annotated[Optional[float], typer.Option(help="Pseudo-label confidence cut-off before class adaptation [default: 0.95].", rich_help_panel=SCP)] = None,
+    hard_k: Annotated[Optional[int], typer.Option(help="Pseudo-label candidates per image [default: 2].", rich_help_panel=SCP)] = None,
+    topk: Annotated[Optional[int], typer.Option(help="Prior: neighbours kept per class [default: 78% of the classes].", rich_help_panel=SCP)] = None,
+    reweight_p: Annotated[Optional[float], typer.Option(help="Prior: neighbour mass; the class itself keeps 1 - p [default: 0.2].", rich_help_panel=SCP)] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="Prior: softmax temperature of the relation [default: 0.2].", rich_help_panel=SCP)] = None,
+    prior_template: Annotated[Optional[str], typer.Option(help="Prior: template of the class-name embeddings [default: 'a photo of a {}.'].", rich_help_panel=SCP)] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Feature cache [default: $CPT_CACHE or ~/.cache/cpt].")] = None,
     clip_cache: Annotated[Optional[Path], typer.Option(help="Where OpenAI CLIP weights are downloaded [default: ~/.cache/clip].")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
@@ -69,11 +99,19 @@ def fit_cmd(
     if resume is not None:
         result = fit(FitRequest(out=str(resume)), resume=True)
     else:
-        if not tasks:
-            raise CptError("Give the tasks to train on with --tasks, e.g. --tasks pets=data/pets (or --resume RUN).")
-        default_out = Path("runs") / f"{method}-{'+'.join(n.split('=')[0] for n in tasks.split(','))}-{shots}shot-seed{seed}"
+        if not tasks and labels is None:
+            raise CptError("Give the tasks to train on with --tasks, e.g. --tasks pets=data/pets, or a multi-label "
+                           "--labels FILE (or --resume RUN).")
+        names = '+'.join(n.split('=')[0] for n in tasks.split(',')) if tasks else labels.stem
+        default_out = Path("runs") / (f"{method}-{names}-known{known_ratio:g}-seed{seed}" if labels
+                                      else f"{method}-{names}-{shots}shot-seed{seed}")
         req = FitRequest(
-            method=method, tasks=tasks, known_ratio=known_ratio, data_root=str(data_root) if data_root else None, out=str(out or default_out), shots=shots, seed=seed, backbone=backbone,
+            method=method, tasks=tasks, known_ratio=known_ratio, labels=_str(labels), images=_str(images),
+            test_labels=_str(test_labels), unknown_value=unknown_value, mask=_str(mask), single_positive=single_positive,
+            no_prior=no_prior, no_gcn=no_gcn, no_self_training=no_self_training, finetune_image=finetune_image,
+            image_lr_scale=image_lr_scale, logit_scale=logit_scale,
+            lambda_u=lambda_u, kl_lambda=kl_lambda, p_cutoff=p_cutoff, hard_k=hard_k, topk=topk,
+            reweight_p=reweight_p, temperature=temperature, prior_template=prior_template, data_root=str(data_root) if data_root else None, out=str(out or default_out), shots=shots, seed=seed, backbone=backbone,
             device=device, precision=precision, cache_dir=str(cache_dir) if cache_dir else None,
             clip_cache=str(clip_cache) if clip_cache else None, epochs=epochs, batch_size=batch_size, lr=lr,
             momentum=momentum, weight_decay=weight_decay, warmup_epochs=warmup_epochs, n_ctx=n_ctx,

@@ -14,11 +14,12 @@ from cpt.options import FitRequest
 from cpt.sweep import sweep
 
 
-def _ints(text: str, option: str) -> list[int]:
+def _numbers(text: str, option: str, kind: type = int) -> list:
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        return [kind(x) for x in text.split(",") if x.strip()]
     except ValueError as exc:
-        raise CptError(f"{option} takes comma-separated integers, e.g. 1,2,4,8,16 (got {text!r}).") from exc
+        example = "1,2,4,8,16" if kind is int else "0.1,0.3,0.5,0.7,0.9"
+        raise CptError(f"{option} takes comma-separated numbers, e.g. {example} (got {text!r}).") from exc
 
 
 @app.command("sweep", epilog="""Examples:
@@ -26,13 +27,16 @@ def _ints(text: str, option: str) -> list[int]:
   cpt sweep --tasks toy --backbone toy --methods zeroshot,linear-probe,coop --out runs/toy-table
 
   cpt sweep --tasks toy --backbone toy --methods zeroshot,coop,coop-shared,softcpt --shots 4 --out runs/toy-4shot
+
+  cpt sweep --tasks toy-ml --backbone toy --methods zeroshot,coop,scpnet,scpnet+no-prior --known-ratios 0.1,0.3,0.5,0.7,0.9 --out runs/toy-ml-sweep
 """)
 @command
 def sweep_cmd(
     tasks: Annotated[str, typer.Option(help="As for cpt fit: NAME=PATH[,...], a recipe or a task file.")],
-    out: Annotated[Path, typer.Option(help="Folder for the runs, results.csv, table.md and accuracy_vs_shots.png.")],
-    methods: Annotated[str, typer.Option(help="Comma-separated methods.")] = "zeroshot,linear-probe,coop",
-    shots: Annotated[str, typer.Option(help="Comma-separated shot counts.")] = "1,2,4,8,16",
+    out: Annotated[Path, typer.Option(help="Folder for the runs, results.csv, table.md and accuracy_vs_shots.png (map_vs_known_ratio.png).")],
+    methods: Annotated[str, typer.Option(help="Comma-separated methods; SCPNet ablations as scpnet+no-prior, scpnet+no-gcn, scpnet+no-self-training.")] = "zeroshot,linear-probe,coop",
+    shots: Annotated[str, typer.Option(help="Comma-separated shot counts (single-label tasks).")] = "1,2,4,8,16",
+    known_ratios: Annotated[Optional[str], typer.Option(help="Multi-label tasks: comma-separated known-label ratios (replaces --shots), e.g. 0.1,0.3,0.5,0.7,0.9.")] = None,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "1,2,3",
     backbone: Annotated[str, typer.Option(help="As for cpt fit.")] = "RN50",
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
@@ -42,8 +46,9 @@ def sweep_cmd(
 ) -> None:
     """Run methods x shots x seeds and gather the results (finished runs are reused)."""
     base = FitRequest(tasks=tasks, backbone=backbone, device=device, epochs=epochs)
-    results = sweep(base, [m.strip() for m in methods.split(",") if m.strip()], _ints(shots, "--shots"),
-                    _ints(seeds, "--seeds"), out)
+    ratios = _numbers(known_ratios, "--known-ratios", float) if known_ratios else None
+    results = sweep(base, [m.strip() for m in methods.split(",") if m.strip()], _numbers(shots, "--shots"),
+                    _numbers(seeds, "--seeds"), out, ratios)
     if json_out:
         emit_json(results.to_dict(orient="records"))
     if not quiet:

@@ -34,6 +34,7 @@ class Artifact:
     preprocess: dict  # resolution, mean, std, interpolation
     method: str
     multi_label: bool = False
+    image_tuned: bool = False  # trained its image encoder: only exports that carry the encoder hold it
 
     def task_index(self, task: str | None) -> list[int]:
         """Indices of the tasks to use: the named one, or all."""
@@ -91,7 +92,8 @@ def load_run(run: Path, device: str | None = None, precision: str | None = None,
     return config, backbone, method
 
 
-def _artifact(backbone: Backbone, method: Method, tasks: list[str], multi_label: bool) -> Artifact:
+def _artifact(backbone: Backbone, method: Method, tasks: list[str], multi_label: bool,
+              image_tuned: bool = False) -> Artifact:
     d = backbone.describe()
     return Artifact(
         tasks=tasks,
@@ -101,13 +103,15 @@ def _artifact(backbone: Backbone, method: Method, tasks: list[str], multi_label:
         preprocess=d["preprocess"],
         method=method.name,
         multi_label=multi_label,
+        image_tuned=image_tuned,
     )
 
 
 def from_run(run: Path, device: str | None = None) -> tuple[Artifact, Backbone]:
     """The run's classifiers (text features computed once, here)."""
     config, backbone, method = load_run(run, device)
-    return _artifact(backbone, method, [t["name"] for t in config["tasks"]], bool(config.get("multi_label"))), backbone
+    tuned = bool(config["request"].get("finetune_image"))
+    return _artifact(backbone, method, [t["name"] for t in config["tasks"]], bool(config.get("multi_label")), tuned), backbone
 
 
 def zero_shot(backbone_spec: str, classes: Path, templates: list[str] | None = None, device: str = "auto",

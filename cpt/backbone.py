@@ -47,10 +47,21 @@ class Backbone:
 
     model: CLIP
     spec: str  # what the user asked for: an OpenAI name or a path
-    checksum: str  # sha256 of the checkpoint file
+    checksum: str  # sha256 of the checkpoint file (and of the tuned image encoder, once fine-tuned)
     device: torch.device
     precision: str
     preprocess: Preprocess
+    frozen_checksum: str | None = None  # the checkpoint's, kept once the image encoder is fine-tuned
+
+    def mark_image_tuned(self) -> None:
+        """Re-key the backbone after its image encoder was trained (or loaded from a run that
+        trained it), so cached features of the frozen encoder are never served for it."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.model.visual.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        self.frozen_checksum = self.frozen_checksum or self.checksum
+        self.checksum = hashlib.sha256(f"{self.frozen_checksum}+{digest.hexdigest()}".encode()).hexdigest()
 
     @property
     def dtype(self) -> torch.dtype:

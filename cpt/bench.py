@@ -176,5 +176,5 @@ def machine() -> str:
     return f"{cpu}, {torch.get_num_threads()} threads"
 
 
-def as_dicts(rows: list[BenchRow]) -> list[dict]:
+def as_dicts(rows: list) -> list[dict]:
     return [asdict(r) for r in rows]

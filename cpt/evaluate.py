@@ -6,7 +6,7 @@ Text features of a finished prompt are computed once per evaluation (each method
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -18,8 +18,13 @@ from cpt.artifact import load_run
 from cpt.backbone import load_backbone
 from cpt.console import log
 from cpt.errors import CptError
+from cpt.evaluate_ml import (
+    comparison_rows,
+    evaluate_multilabel,
+    write_comparison,
+    write_multilabel_results,
+)
 from cpt.features import FeatureCache
-from cpt.fit_ml import evaluate_multilabel, write_multilabel_results
 from cpt.io import write_csv
 from cpt.methods import Classifier, build_method
 from cpt.metrics import (
@@ -28,7 +33,12 @@ from cpt.metrics import (
     per_class_frame,
     predictions_frame,
 )
-from cpt.multilabel import load_multilabel_task
+from cpt.multilabel import (
+    LabelSource,
+    MultiLabelTask,
+    load_multilabel_task,
+    load_source,
+)
 from cpt.report import write_single_label_report
 
 
@@ -173,13 +183,44 @@ def _evaluate_multilabel_run(req: EvalRequest) -> tuple[Path, pd.DataFrame]:
     if req.data is not None:
         raise CptError("--data is for single-label runs; a multi-label run is evaluated on its own test labels.")
     config, backbone, method = load_run(Path(req.target), req.device, req.precision, req.clip_cache, req.templates)
-    tasks = [load_multilabel_task(t["name"], t["source"])[0] for t in config["tasks"]]
+    tasks = [_load_task(t) for t in config["tasks"]]
     cache_dir = req.cache_dir or config["request"].get("cache_dir")
-    metrics, per_class = evaluate_multilabel(tasks, method.classifiers(), FeatureCache(backbone, Path(cache_dir) if cache_dir else None))
+    result = evaluate_multilabel(tasks, method.classifiers(), FeatureCache(backbone, Path(cache_dir) if cache_dir else None))
     out = Path(req.out) if req.out else Path(req.target)
     details = {"target": req.target, "method": config["request"]["method"], "backbone": config["request"]["backbone"]}
-    write_multilabel_results(out, f"cpt eval: {req.target}", metrics, per_class, details)
-    return out, metrics
+    write_multilabel_results(out, f"cpt eval: {req.target}", result, details)
+    return out, result.metrics
+
+
+def _load_task(recorded: dict) -> MultiLabelTask:
+    """A run's multi-label task from its recorded label source (older runs: the folder in `source`)."""
+    if "label_source" in recorded:
+        return load_source(recorded["name"], LabelSource(**recorded["label_source"]))[0]
+    return load_multilabel_task(recorded["name"], recorded["source"])[0]
+
+
+def evaluate_targets(targets: list[str], req: EvalRequest) -> tuple[Path, pd.DataFrame]:
+    """One target as `evaluate_target`; several multi-label runs each re-evaluated into its own folder, then
+    compared in --out (comparison.csv, report.md, map_vs_known_ratio.png). `req.target` is replaced."""
+    if len(targets) == 1:
+        return evaluate_target(replace(req, target=targets[0]))
+    if req.out is None:
+        raise CptError("Several runs are compared into one folder: pass --out DIR.")
+    if req.data is not None or req.task is not None:
+        raise CptError("--data and --task take one target; several runs are evaluated on their own test labels.")
+    configs = [R.read_config(Path(run)) for run in targets]
+    single = [run for run, config in zip(targets, configs) if not config.get("multi_label")]
+    if single:
+        raise CptError(f"Only multi-label runs can be compared; these are single-label: {', '.join(single)}. "
+                       "Evaluate each of them alone with `cpt eval RUN`.")
+    metrics, rows = [], []
+    for run, config in zip(targets, configs):
+        _, m = _evaluate_multilabel_run(replace(req, target=run, out=None))
+        rows.append(comparison_rows(run, config, m))
+        metrics.append(m.assign(task=run + ": " + m["task"]))
+    out = Path(req.out)
+    write_comparison(out, f"cpt eval: {len(targets)} multi-label runs", pd.concat(rows, ignore_index=True))
+    return out, pd.concat(metrics, ignore_index=True)
 
 
 def _default_out(req: EvalRequest) -> Path:

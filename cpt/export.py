@@ -62,6 +62,10 @@ def export(artifact: Artifact, backbone: Backbone, fmt: str, out: Path, task: st
     if fmt not in FORMATS:
         raise CptError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}.")
     tasks = artifact.task_index(task)
+    if artifact.image_tuned and fmt in ("pt", "npz", "csv"):
+        raise CptError(f"This run fine-tuned its image encoder, which --format {fmt} does not carry (it holds the "
+                       "class embeddings only). Export --format torchscript or onnx, which include the tuned encoder, "
+                       "or predict with the run directory itself.")
     out = Path(out)
     if fmt == "pt":
         save_torch(out, artifact.to_dict())

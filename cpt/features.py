@@ -34,6 +34,14 @@ class AugmentSpec:
     scale: tuple[float, float] = (0.08, 1.0)
     flip: bool = True
     seed: int = 0
+    strong: bool = False  # RandAugment (3 ops, magnitude 5) first: SCPNet's strong view
+
+    def key(self) -> dict:
+        """What identifies these views in the cache (`strong` only when set, so weak-view keys stay put)."""
+        kind = asdict(self)
+        if not self.strong:
+            del kind["strong"]
+        return kind
 
 
 @dataclass
@@ -58,8 +66,9 @@ def eval_transform(pre: Preprocess) -> T.Compose:
 
 
 def augment_transform(pre: Preprocess, aug: AugmentSpec) -> T.Compose:
-    """Training view: random resized crop (+ flip), normalise."""
-    steps = [T.RandomResizedCrop(pre.resolution, scale=aug.scale, interpolation=T.InterpolationMode(pre.interpolation))]
+    """Training view: (RandAugment for a strong view,) random resized crop (+ flip), normalise."""
+    steps = [T.RandAugment(num_ops=3, magnitude=5)] if aug.strong else []
+    steps += [T.RandomResizedCrop(pre.resolution, scale=aug.scale, interpolation=T.InterpolationMode(pre.interpolation))]
     if aug.flip:
         steps.append(T.RandomHorizontalFlip())
     return T.Compose([*steps, T.ToTensor(), T.Normalize(pre.mean, pre.std)])
@@ -83,6 +92,42 @@ def _open_rgb(path: Path) -> Image.Image:
         return im.convert("RGB")
 
 
+def _augmented(image: Image.Image, digest: str, transform: T.Compose, aug: AugmentSpec, i: int) -> Tensor:
+    """View `i` of an image, drawn from a seed made of its digest and `i` (the same in every run)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(digest[:12], 16) + 1_000_003 * (i + 1) + aug.seed)
+        return transform(image)
+
+
+def image_views(path: Path, digest: str, pre: Preprocess, aug: AugmentSpec | None,
+                which: list[int] | None = None) -> Tensor:
+    """Input tensors (views, 3, H, W) of one image: the eval view, or its augmented views (all, or `which`)."""
+    image = _open_rgb(path)
+    if aug is None:
+        return eval_transform(pre)(image).unsqueeze(0)
+    transform = augment_transform(pre, aug)
+    return torch.stack([_augmented(image, digest, transform, aug, i) for i in (which or range(aug.views))])
+
+
+class EncodedViews:
+    """The augmented views of training images, encoded on demand by a *trainable* image encoder
+    (`--finetune-image`): indexed like a cached (n, views, dim) tensor, with gradients."""
+
+    def __init__(self, backbone: Backbone, paths: list[Path], aug: AugmentSpec) -> None:
+        self.backbone = backbone
+        self.paths = list(paths)
+        self.digests = [content_hash(p) for p in self.paths]
+        self.aug = aug
+        self.shape = (len(self.paths), aug.views, backbone.geometry["embed_dim"])
+
+    def __getitem__(self, index: tuple[Tensor, Tensor]) -> Tensor:
+        images, views = index
+        pre = self.backbone.preprocess
+        pixels = torch.cat([image_views(self.paths[i], self.digests[i], pre, self.aug, [v])
+                            for i, v in zip(images.tolist(), views.tolist())])
+        return self.backbone.model.encode_image(pixels.to(self.backbone.device, self.backbone.dtype)).float()
+
+
 class FeatureCache:
     """Encode images with a frozen backbone, reading and writing the on-disk cache."""
 
@@ -94,20 +139,6 @@ class FeatureCache:
 
     def _folder(self, kind: dict) -> Path:
         return self.root / "features" / _key(self.backbone, kind)
-
-    def _views(self, path: Path, digest: str, aug: AugmentSpec | None) -> Tensor:
-        """Input tensors (views, 3, H, W) of one image."""
-        image = _open_rgb(path)
-        pre = self.backbone.preprocess
-        if aug is None:
-            return eval_transform(pre)(image).unsqueeze(0)
-        transform = augment_transform(pre, aug)
-        views = []
-        for i in range(aug.views):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(digest[:12], 16) + 1_000_003 * (i + 1) + aug.seed)
-                views.append(transform(image))
-        return torch.stack(views)
 
     @torch.no_grad()
     def _encode(self, batch: list[Tensor]) -> list[np.ndarray]:
@@ -126,7 +157,7 @@ class FeatureCache:
 
         Unreadable images are recorded in `stats.failed` and get NaN rows; callers drop them.
         """
-        kind = {"view": "eval"} if aug is None else {"view": "augment", **asdict(aug)}
+        kind = {"view": "eval"} if aug is None else {"view": "augment", **aug.key()}
         folder = self._folder(kind)
         out: list[np.ndarray | None] = [None] * len(paths)
         todo: list[tuple[int, Path, str]] = []
@@ -145,7 +176,7 @@ class FeatureCache:
         batch: list[tuple[int, str, Tensor]] = []
         for n, (i, path, digest) in enumerate(track(todo, label, total=len(todo))):
             try:
-                batch.append((i, digest, self._views(path, digest, aug)))
+                batch.append((i, digest, image_views(path, digest, self.backbone.preprocess, aug)))
             except (OSError, ValueError, Image.DecompressionBombError) as exc:
                 self.stats.failed[str(path)] = f"cannot decode image: {exc}"
             if batch and (len(batch) == self.batch_size or n == len(todo) - 1):

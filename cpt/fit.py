@@ -21,7 +21,7 @@ from cpt.console import log, log_to_file
 from cpt.errors import CptError
 from cpt.evaluate import evaluate, test_set, write_results
 from cpt.features import AugmentSpec, FeatureCache
-from cpt.fit_ml import fit_multilabel
+from cpt.fit_ml import fit_multilabel, load_multilabel
 from cpt.io import write_csv
 from cpt.methods import TaskData, build_method, config_from, method_class
 from cpt.options import FitRequest, FitResult
@@ -96,11 +96,16 @@ def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitRe
         run = R.prepare(Path(req.out), resume=True)
         req = FitRequest(**{**R.read_config(run)["request"], "out": str(run)})
     # find and read the data before creating the run, so bad input leaves nothing behind
-    specs, multi_label = D.resolve_tasks(req.tasks, req.data_root)
+    specs, multi_label = ([], True) if req.labels else D.resolve_tasks(req.tasks, req.data_root)
     if req.crop_scale is None:
         recipe = RECIPES.get(req.tasks)
         req = replace(req, crop_scale=recipe.crop_scale if recipe and recipe.crop_scale else AugmentSpec.scale[0])
-    if not multi_label:
+    if multi_label:
+        loaded = load_multilabel(req, specs)
+    else:
+        if req.method == "scpnet":
+            raise CptError("scpnet is a multi-label method; give a multi-label task (--labels FILE, a folder with "
+                           "train.csv and test.csv, or toy-ml).")
         tasks, skipped = _load_tasks(req, specs, Path(req.out), resume)
     if not resume:
         run = R.prepare(Path(req.out), overwrite=overwrite)
@@ -108,7 +113,7 @@ def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitRe
     try:
         log.info("%s run %s (method %s)", "resuming" if resume else "starting", run, req.method)
         if multi_label:
-            return fit_multilabel(req, run, specs, t0, _train_config(req, multi_label=True), resume)
+            return fit_multilabel(req, run, loaded, t0, _train_config(req, multi_label=True), resume)
         backbone = load_backbone(req.backbone, req.device, req.precision, req.clip_cache)
         method = build_method(req.method, backbone, [t.classnames for t in tasks], asdict(req), [t.title for t in tasks])
         train_cfg = _train_config(req)

@@ -18,6 +18,12 @@ class FitRequest:
     out: str = ""
     shots: int = 16
     known_ratio: float = 1.0  # multi-label: share of training label entries kept known
+    labels: str | None = None  # multi-label label file (CSV, COCO JSON, VOC) instead of --tasks
+    images: str | None = None  # its image root
+    test_labels: str | None = None  # None: a seeded split of --labels
+    unknown_value: int = -1  # wide CSV: the cell meaning unknown (-1; or 0, with -1 negative)
+    mask: str | None = None  # reuse a saved known-entry mask instead of drawing one
+    single_positive: bool = False  # keep one positive per training image
     seed: int = 1
     backbone: str = "RN50"
     device: str = "auto"
@@ -37,14 +43,33 @@ class FitRequest:
     class_sample_rate: float = 0.0
     amp: bool = False
     grad_checkpoint: bool = False
-    n_ctx: int = 16
-    ctx_init: str = ""
+    n_ctx: int | None = None  # None: the method's (16 for CoOp, 4 for SCPNet)
+    ctx_init: str | None = None  # None: the method's ("" for CoOp, "a photo of a" for SCPNet)
     class_specific: bool = False
     position: str = "end"
     templates: list[str] = field(default_factory=list)
     aug_views: int = 8
     crop_scale: float | None = None  # smallest random-resized-crop area; None: the recipe's or CoOp's 0.08
     encode_batch_size: int = 64
+    # SCPNet (None: the method's default)
+    no_prior: bool = False
+    no_gcn: bool = False
+    no_self_training: bool = False
+    finetune_image: bool = False
+    image_lr_scale: float | None = None
+    logit_scale: float | None = None
+    lambda_u: float | None = None
+    kl_lambda: float | None = None
+    p_cutoff: float | None = None
+    hard_k: int | None = None
+    topk: int | None = None
+    reweight_p: float | None = None
+    temperature: float | None = None
+    prior_template: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_ctx is not None and self.ctx_init is None:
+            self.ctx_init = ""  # an explicit context length means random initialisation
 
 
 @dataclass

@@ -17,7 +17,7 @@ import torch
 
 from cpt.backbone import Backbone
 from cpt.errors import CptError
-from cpt.methods.zeroshot import template_embeddings
+from cpt.templates import template_embeddings
 
 
 @dataclass

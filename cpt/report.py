@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.metrics import precision_recall_curve
 
-from cpt.io import atomic_path, write_text  # noqa: E402
-from cpt.metrics import TaskPredictions, confusion  # noqa: E402
+from cpt.io import atomic_path, write_text
+from cpt.metrics import TaskPredictions, average_precisions, confusion
 
 HEADLINE = {"accuracy": "accuracy", "mean_per_class_accuracy": "mean per-class acc.", "macro_f1": "macro-F1"}
 
@@ -57,6 +59,45 @@ def plot_class_bars(per_class: pd.DataFrame, task: str, column: str, label: str,
     ax.set_xlim(0, 100)
     ax.set_xlabel(f"{label} (%)")
     ax.set_title(f"{task}: per-class {label}")
+    _save(fig, path)
+
+
+@dataclass
+class PRCurve:
+    """One class's precision-recall curve over its known entries."""
+
+    name: str
+    ap: float  # percent
+    precision: np.ndarray
+    recall: np.ndarray
+
+
+def pr_curves(classnames: list[str], scores: np.ndarray, targets: np.ndarray, n: int = 3) -> list[PRCurve]:
+    """Curves of the `n` best and `n` worst classes by AP (all, if at most 2n), best first, over known entries
+    (targets != -1); classes without a known positive have no curve."""
+    ap = average_precisions(scores, targets)
+    ranked = [int(c) for c in np.argsort(-ap, kind="stable") if np.isfinite(ap[c])]
+    chosen = ranked if len(ranked) <= 2 * n else ranked[:n] + ranked[-n:]
+    curves = []
+    for c in chosen:
+        known = targets[:, c] >= 0
+        precision, recall, _ = precision_recall_curve(targets[known, c], scores[known, c])
+        curves.append(PRCurve(classnames[c], 100.0 * float(ap[c]), precision, recall))
+    return curves
+
+
+def plot_pr_curves(curves: list[PRCurve], task: str, path: Path) -> None:
+    """Precision against recall, one line per class, legend with class name and AP."""
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for curve in curves:
+        ax.step(curve.recall, curve.precision, where="post", label=f"{curve.name} (AP {curve.ap:.1f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title(f"{task}: best and worst classes by AP")
+    if curves:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     _save(fig, path)
 
 
@@ -106,8 +147,9 @@ def write_single_label_report(
 
 
 def write_multilabel_report(out_dir: Path, title: str, metrics: pd.DataFrame, per_class: pd.DataFrame,
-                            details: dict[str, str]) -> Path:
-    """report.md with mAP per task, classes left out of the mean, and per-class AP bars (ap_<task>.png)."""
+                            scores: dict[str, tuple[np.ndarray, np.ndarray]], details: dict[str, str]) -> Path:
+    """report.md with mAP per task, classes left out of the mean, per-class AP bars (ap_<task>.png) and
+    precision-recall curves of the best and worst classes (pr_<task>.png) from each task's (scores, targets)."""
     out_dir = Path(out_dir)
     wide = metrics.pivot_table(index="task", columns="metric", values="value", sort=False).reset_index()
     lines = [f"# {title}", "", "| setting | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in details.items())]
@@ -116,10 +158,41 @@ def write_multilabel_report(out_dir: Path, title: str, metrics: pd.DataFrame, pe
         rows = per_class[per_class.task == task]
         stem = safe_name(task)
         plot_class_bars(per_class, task, "ap", "average precision", out_dir / f"ap_{stem}.png")
+        plot_pr_curves(pr_curves(rows["class"].astype(str).tolist(), *scores[task]), task, out_dir / f"pr_{stem}.png")
         excluded = rows[rows.ap.isna()]["class"].tolist()
         lines += [f"## {task}", "", f"Classes without a known positive (left out of mAP): {', '.join(excluded) or 'none'}.", "",
                   _markdown(rows.sort_values("ap")[["class", "ap", "positives", "support"]].head(5)),
-                  f"![per-class AP](ap_{stem}.png)", ""]
+                  f"![per-class AP](ap_{stem}.png)", "",
+                  f"![precision-recall curves of the best and worst classes](pr_{stem}.png)", ""]
+    path = out_dir / "report.md"
+    write_text(path, "\n".join(lines))
+    return path
+
+
+def plot_map_vs_known_ratio(frame: pd.DataFrame, path: Path) -> None:
+    """mAP against the known-label ratio, one line per label: mean over rows (seeds), std as error bars."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, rows in frame.groupby("label", sort=True):
+        stats = rows.groupby("known_ratio")["mAP"].agg(["mean", "std"]).fillna({"std": 0.0})
+        ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3, label=str(label))
+    ax.set_xlabel("known label ratio")
+    ax.set_ylabel("mAP (%)")
+    ax.set_title("mAP against the known label ratio (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def write_comparison_report(out_dir: Path, title: str, comparison: pd.DataFrame) -> Path:
+    """report.md (mAP per label, known ratio and task: mean, std, runs) and map_vs_known_ratio.png,
+    each run's mAP averaged over its tasks in the plot; returns report.md."""
+    out_dir = Path(out_dir)
+    per_run = comparison.groupby(["run", "label", "known_ratio"], as_index=False, sort=False)["mAP"].mean()
+    plot_map_vs_known_ratio(per_run, out_dir / "map_vs_known_ratio.png")
+    summary = (comparison.groupby(["label", "known_ratio", "task"])["mAP"]
+               .agg(mAP="mean", std="std", runs="count").reset_index())
+    lines = [f"# {title}", "", f"{comparison.run.nunique()} runs; mAP in percent, mean and std over seeds.", "",
+             _markdown(summary), "![mAP against the known label ratio](map_vs_known_ratio.png)", ""]
     path = out_dir / "report.md"
     write_text(path, "\n".join(lines))
     return path

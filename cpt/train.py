@@ -97,8 +97,7 @@ def train(
     `state` (from a checkpoint) resumes after its last finished epoch; `save` is called
     with the full training state after every epoch.
     """
-    params = [p for p in method.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.SGD(method.param_groups(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     history: list[dict] = []
     start = 0
     if state:
@@ -110,7 +109,7 @@ def train(
         t0 = time.perf_counter()
         lr = lr_at(epoch, cfg)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         total, seen = 0.0, 0
         class_gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch + 7)
         for task_ids, picks in _epoch_batches(data, cfg, epoch):
@@ -118,18 +117,14 @@ def train(
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
                 for t in task_ids.unique().tolist():
                     rows = picks[task_ids == t]
-                    feats = data[t].train_views[rows[:, 0], rows[:, 1]].to(device)
-                    labels = data[t].train_labels[rows[:, 0]]
                     classes = None
                     if cfg.class_sample_rate > 0:
+                        labels = data[t].train_labels[rows[:, 0]]
                         classes = sample_classes(labels, len(data[t].classnames), cfg.class_sample_rate, class_gen)
-                        labels = torch.searchsorted(classes, labels)  # positions among the sampled classes
-                        classes = classes.to(device)
-                    logits = method.logits(feats, t, classes).float()
                     # per-task parameters: each task's mean, as if trained alone; shared ones
                     # (SoftCPT, CoOp-MT): the mean over the whole mixed batch, as SoftCPT's reference
-                    norm = len(labels) if method.task_mean else len(task_ids)
-                    loss = loss + method.loss(logits, labels.to(device), t) / norm
+                    norm = len(rows) if method.task_mean else len(task_ids)
+                    loss = loss + method.batch_loss(data[t], t, rows, classes, epoch, class_gen) / norm
             if not torch.isfinite(loss):
                 raise CptError(
                     f"The training loss became {loss.item()} in epoch {epoch + 1}. Lower --lr, or use "

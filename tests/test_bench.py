@@ -69,3 +69,18 @@ def test_bench_compares_both_paths_on_identical_logits():
         assert fast["max_logit_diff"] < 1e-4 and fast["peak_mb"] > 0 and naive["peak_mb"] > 0
     code, _, err = cli("bench", "--geometry", "huge")
     assert code == 2 and "--geometry" in err
+
+
+def test_scpnet_bench_reports_extraction_cache_size_and_steps():
+    code, out, err = cli("bench", "--scpnet", "--geometry", "tiny", "--classes", "5,12", "--repeats", "1",
+                         "--device", "cpu", "--json", "--quiet")
+    assert code == 0, err
+    figures = json.loads(out)
+    views = {r["view"]: r for r in figures["extraction"]}
+    assert set(views) == {"eval", "weak", "strong"} and views["weak"]["views_per_image"] == 8
+    dim = TINY_VIT["embed_dim"]
+    for r in views.values():  # one float32 .npy per image: a 128-byte header plus views x dim values
+        assert r["bytes_per_image"] == 128 + 4 * dim * r["views_per_image"]
+        assert r["images_per_s"] > 0
+    assert [r["classes"] for r in figures["steps"]] == [5, 12]
+    assert all(r["step_ms"] > 0 and r["peak_mb"] > 0 for r in figures["steps"])

@@ -48,7 +48,7 @@ def test_unknown_cells_and_mismatched_files(tmp_path):
 
 
 def test_known_ratio_mask_keeps_p_of_the_entries_and_repeats_under_the_seed():
-    from cpt.multilabel import mask_known
+    from cpt.partial import mask_known
 
     targets = np.random.default_rng(0).integers(0, 2, (400, 50))
     masked = mask_known(targets, 0.3, seed=1)

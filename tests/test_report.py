@@ -4,9 +4,16 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from sklearn.metrics import average_precision_score, precision_recall_curve
 
-from cpt.metrics import TaskPredictions, metrics_frame, per_class_frame
-from cpt.report import write_single_label_report
+from cpt.metrics import (
+    TaskPredictions,
+    average_precisions,
+    metrics_frame,
+    multilabel_frames,
+    per_class_frame,
+)
+from cpt.report import pr_curves, write_multilabel_report, write_single_label_report
 
 
 def task(name, classnames, y_true, y_pred):
@@ -62,3 +69,44 @@ def test_report_plots_are_valid_pngs_with_safe_names(tmp_path, tasks):
         with Image.open(tmp_path / name) as im:
             im.verify()
             assert im.format == "PNG" and min(im.size) > 100
+
+
+def multilabel_case():
+    """Three classes over five images; -1 marks unknown entries, class c has no known positive."""
+    scores = np.array([[0.9, 0.1, 0.3], [0.8, 0.7, 0.2], [0.2, 0.6, 0.9], [0.4, 0.2, 0.1], [0.1, 0.9, 0.5]])
+    targets = np.array([[1, 0, 0], [-1, 1, -1], [0, -1, 0], [1, 0, 0], [0, 1, -1]])
+    return ["a", "b", "c"], scores, targets
+
+
+def test_pr_curves_are_sklearns_over_the_known_entries():
+    names, scores, targets = multilabel_case()
+    curves = pr_curves(names, scores, targets)
+    assert [c.name for c in curves] == ["a", "b"]  # c has no known positive
+    for curve, c in zip(curves, (0, 1)):
+        known = targets[:, c] != -1
+        precision, recall, _ = precision_recall_curve(targets[known, c], scores[known, c])
+        np.testing.assert_array_equal(curve.precision, precision)
+        np.testing.assert_array_equal(curve.recall, recall)
+        assert curve.ap == pytest.approx(100 * average_precision_score(targets[known, c], scores[known, c]))
+
+
+def test_pr_curves_keep_the_three_best_and_three_worst_classes():
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 2, (60, 8))
+    noise = np.linspace(0.1, 3.0, 8)  # class 0 the cleanest, class 7 the noisiest
+    scores = targets + rng.normal(0, 1, targets.shape) * noise
+    curves = pr_curves([f"k{i}" for i in range(8)], scores, targets)
+    aps = [c.ap for c in curves]
+    assert len(curves) == 6 and aps == sorted(aps, reverse=True)
+    assert {c.name for c in curves} == {f"k{i}" for i in np.argsort(-average_precisions(scores, targets))[[0, 1, 2, 5, 6, 7]]}
+
+
+def test_multilabel_report_shows_pr_curves(tmp_path):
+    names, scores, targets = multilabel_case()
+    metrics, per_class = multilabel_frames("pets/ml", names, scores, targets, "test")
+    text = write_multilabel_report(tmp_path, "ml", metrics, per_class, {"pets/ml": (scores, targets)}, {}).read_text()
+    for name in ("ap_pets_ml.png", "pr_pets_ml.png"):
+        assert f"]({name})" in text
+        with Image.open(tmp_path / name) as im:
+            im.verify()
+            assert im.format == "PNG"

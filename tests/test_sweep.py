@@ -1,5 +1,7 @@
 """`cpt sweep`: every combination runs once, results gathered into a CSV, a table and a plot."""
 
+import json
+
 import pandas as pd
 from PIL import Image
 
@@ -28,3 +30,24 @@ def test_sweep_gathers_and_reuses_runs(tiny_clip, colours, tmp_path):
     assert (tmp_path / "coop-2shot-seed1" / "checkpoint.pt").stat().st_mtime_ns == stamp  # reused, not re-run
     code, _, err = cli("sweep", "--tasks", f"colours={colours}", "--out", tmp_path, "--shots", "a,b")
     assert code == 2 and "--shots" in err
+
+
+def test_known_ratio_sweep_with_ablations(tiny_clip, tmp_path):
+    args = ["sweep", "--tasks", "toy-ml", "--backbone", tiny_clip, "--methods", "zeroshot,scpnet+no-self-training",
+            "--known-ratios", "0.2,0.6", "--seeds", "1", "--epochs", "1", "--out", tmp_path, "--quiet"]
+    code, _, err = cli(*args)
+    assert code == 0, err
+    results = pd.read_csv(tmp_path / "results.csv")
+    maps = results[results.metric == "mAP"]
+    assert sorted(zip(maps.method, maps.known_ratio)) == [("scpnet+no-self-training", 0.2), ("scpnet+no-self-training", 0.6),
+                                                          ("zeroshot", 0.2), ("zeroshot", 0.6)]
+    config = json.loads((tmp_path / "scpnet+no-self-training-known0.2-seed1" / "config.json").read_text())
+    assert config["request"]["no_self_training"] and config["request"]["known_ratio"] == 0.2
+    table = (tmp_path / "table.md").read_text().splitlines()
+    assert table[0] == "| method | known 0.2 | known 0.6 |"
+    zs = maps[maps.method == "zeroshot"]["value"]
+    assert table[2] == f"| zeroshot | {zs.iloc[0]:.1f} ± 0.0 | {zs.iloc[1]:.1f} ± 0.0 |"
+    with Image.open(tmp_path / "map_vs_known_ratio.png") as im:
+        assert im.format == "PNG"
+    code, _, err = cli("sweep", "--tasks", "toy-ml", "--out", tmp_path, "--methods", "scpnet+no-brain", "--known-ratios", "0.5")
+    assert code == 2 and "no-brain" in err

@@ -82,7 +82,7 @@ def test_zero_shot_map_on_toy_ml_beats_random_scores(tmp_path):
     summary = fit_json("--method", "zeroshot", "--tasks", "toy-ml", "--backbone", "toy", "--out", tmp_path / "ml")
     zs_map = next(m["value"] for m in summary["metrics"] if m["metric"] == "mAP")
     config = json.loads((tmp_path / "ml" / "config.json").read_text())
-    test = pd.read_csv(f"{config['tasks'][0]['source']}/test.csv").drop(columns="path").to_numpy()
+    test = pd.read_csv(config['tasks'][0]['label_source']['test_labels']).drop(columns="path").to_numpy()
     rng = np.random.default_rng(0)
     random_map = 100 * np.mean([average_precision_score(test[:, c], rng.random(len(test))) for c in range(test.shape[1])])
     assert zs_map >= random_map + 15, (zs_map, random_map)
@@ -96,7 +96,7 @@ def test_zero_shot_map_on_toy_ml_beats_random_scores(tmp_path):
     assert json.loads(out)["metrics"] == summary["metrics"]
 
     # the multi-label run exports and predicts: every class scored, the set above the threshold
-    images = sorted((Path(config["tasks"][0]["source"]) / "images").glob("test_000*.png"))
+    images = sorted((Path(config["tasks"][0]["label_source"]["labels"]).parent / "images").glob("test_000*.png"))
     code, out, err = cli("predict", tmp_path / "ml", *images, "--jsonl", "--threshold", "0.9", "--quiet")
     assert code == 0, err
     records = [json.loads(line) for line in out.splitlines()]

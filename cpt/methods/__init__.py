@@ -7,10 +7,11 @@ from cpt.errors import CptError
 from cpt.methods.base import Classifier, Method, PromptMethod, TaskData, config_from
 from cpt.methods.coop import CoOp, CoOpShared
 from cpt.methods.linear_probe import LinearProbe
+from cpt.methods.scpnet import SCPNet
 from cpt.methods.softcpt import SoftCPT
 from cpt.methods.zeroshot import ZeroShot
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (ZeroShot, LinearProbe, CoOp, CoOpShared, SoftCPT)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (ZeroShot, LinearProbe, CoOp, CoOpShared, SoftCPT, SCPNet)}
 
 
 def method_class(name: str) -> type[Method]:

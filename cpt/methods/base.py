@@ -40,11 +40,12 @@ class TaskData:
 
     name: str
     classnames: list[str]
-    train_views: Tensor  # (n, views, dim): augmented views for gradient training
+    train_views: Tensor  # (n, views, dim): augmented views for gradient training (or EncodedViews)
     train_plain: Tensor  # (n, dim): centre-crop view (linear probe)
     train_labels: Tensor  # (n,) class labels, or (n, n_cls) multi-label targets 1 / 0 / -1
     val: Tensor  # (m, dim)
     val_labels: Tensor  # (m,)
+    train_strong: Tensor | None = None  # (n, views, dim): strongly augmented views (self-training)
 
 
 def config_from(cls: type, options: dict[str, Any]) -> Any:
@@ -112,6 +113,23 @@ class PromptMethod(Method, torch.nn.Module):
         if labels.dim() == 2:
             return asymmetric_loss(logits, labels)
         return F.cross_entropy(logits, labels, reduction="sum")
+
+    def param_groups(self) -> list[dict]:
+        """Optimiser groups of the trainable tensors; a group's `lr_scale` scales the schedule's rate."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr_scale": 1.0}]
+
+    def batch_loss(self, data: TaskData, task: int, rows: Tensor, classes: Tensor | None, epoch: int,
+                   gen: torch.Generator) -> Tensor:
+        """Summed loss of one task's share of a batch: `rows` holds (image, cached view) pairs;
+        `classes` restricts the logits to those classes (class subsampling); `gen` is the
+        epoch's generator for any further random choice, so resumed runs replay exactly."""
+        device = self.backbone.device
+        feats = data.train_views[rows[:, 0], rows[:, 1]].to(device)
+        labels = data.train_labels[rows[:, 0]]
+        if classes is not None:
+            labels = torch.searchsorted(classes, labels)  # positions among the sampled classes
+            classes = classes.to(device)
+        return self.loss(self.logits(feats, task, classes).float(), labels.to(device), task)
 
     @torch.no_grad()
     def classifiers(self) -> list[Classifier]:

@@ -1,0 +1,190 @@
+"""SCPNet (Ding, Wang et al., CVPR 2023): multi-label recognition with incomplete labels.
+
+One learned context ("a photo of a", 4 tokens) builds every class prompt; the text features
+go through a graph module whose adjacency is the label prior from CLIP's own text encoder
+(cpt.prior), with a residual. Training on cached image features:
+
+- supervised: the asymmetric loss on the known entries of a weak view (SPLC when each
+  image keeps a single positive);
+- prior-enhanced self-training: on a second weak view, the top `hard_k` classes above
+  class-adaptive thresholds (p_cutoff * a / (2 - a), `a` each class's share of the
+  pseudo-labels selected so far, FlexMatch-style) become hard pseudo-labels, together with
+  the observed positives; the strong (RandAugment) view is trained towards them (BCE) and
+  towards the prior-calibrated soft targets sigmoid(weak) @ relation.T (weight kl_lambda);
+  the whole term weighs lambda_u.
+
+Ablations: `no_prior` (identity adjacency and relation), `no_gcn` (prompt features as they
+are), `no_self_training` (the supervised loss alone). Logits use a fixed scale (10, the
+reference's COCO setting) instead of CLIP's 100. `finetune_image` trains the image encoder
+as well, as the paper does (its views are then encoded every step instead of cached).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cpt.backbone import Backbone
+from cpt.errors import CptError
+from cpt.graph import LabelGraph
+from cpt.losses import asymmetric_loss, splc_loss
+from cpt.methods.base import PromptMethod, TaskData
+from cpt.prior import PriorConfig, label_prior
+from cpt.prompt import ClassPrompts, PromptConfig, init_context
+
+
+@dataclass
+class SCPNetConfig(PromptConfig):
+    """SCPNet's defaults (its COCO configuration where it has one)."""
+
+    n_ctx: int = 4
+    ctx_init: str = "a photo of a"
+    seed: int = 0
+    logit_scale: float = 10.0
+    prior_template: str = "a photo of a {}."
+    topk: int | None = None  # prior neighbours per row; None: 78 % of the classes (62 of COCO's 80)
+    reweight_p: float = 0.2
+    temperature: float = 0.2
+    lambda_u: float = 0.125
+    kl_lambda: float = 1.0
+    p_cutoff: float = 0.95
+    hard_k: int = 2
+    no_prior: bool = False
+    no_gcn: bool = False
+    no_self_training: bool = False
+    single_positive: bool = False
+    finetune_image: bool = False  # train the image encoder too (features encoded every step)
+    image_lr_scale: float = 0.1  # the image encoder's learning rate relative to --lr
+
+
+def class_thresholds(selected: Tensor, hard_k: int, p_cutoff: float) -> Tensor:
+    """Per-class pseudo-label thresholds from the pseudo-labels selected so far (n, C)."""
+    n, c = selected.shape
+    counts = selected.sum(dim=0).float()
+    share = torch.full((c,), 1 / c)
+    if counts.max() >= 1:
+        share = (counts / max(counts.max().item(), hard_k * n - counts.sum().item())).clamp(min=1 / c)
+    return p_cutoff * share / (2 - share)
+
+
+def pseudo_labels(probs: Tensor, thresholds: Tensor, hard_k: int, observed: Tensor) -> tuple[Tensor, Tensor]:
+    """(labels (n, C) in {0, 1}, confident (n,)): each image's top `hard_k` classes that pass
+    their threshold, plus its observed positives; confident if any top class passes."""
+    top_p, top_i = probs.topk(min(hard_k, probs.shape[1]), dim=1)
+    confident = (top_p >= thresholds[top_i]).any(dim=1)
+    labels = torch.zeros_like(probs).scatter(1, top_i, 1.0)
+    labels = torch.where(probs < thresholds, torch.zeros_like(labels), labels)
+    return torch.maximum(labels, observed.float()), confident
+
+
+def self_training_loss(strong_logits: Tensor, weak_probs: Tensor, labels: Tensor, confident: Tensor,
+                       relation: Tensor, kl_lambda: float) -> Tensor:
+    """BCE of the strong view towards the hard pseudo-labels plus `kl_lambda` x towards the
+    prior-calibrated soft targets weak_probs @ relation.T, over confident images, summed."""
+    log_p, log_not = F.logsigmoid(strong_logits), F.logsigmoid(-strong_logits)
+    soft = weak_probs @ relation.T
+    hard_term = labels * log_p + (1 - labels) * log_not
+    soft_term = soft * log_p + (1 - soft) * log_not
+    return -((hard_term + kl_lambda * soft_term) * confident[:, None].float()).sum()
+
+
+class SCPNet(PromptMethod):
+    """Prompt + label graph + prior-calibrated self-training, per task."""
+
+    name = "scpnet"
+    Config = SCPNetConfig
+    uses = ("views", "strong")
+
+    def __init__(self, backbone: Backbone, classnames: list[list[str]], cfg: SCPNetConfig,
+                 titles: list[str] | None = None) -> None:
+        super().__init__(backbone, classnames, cfg, titles)
+        if cfg.class_specific:
+            raise CptError("scpnet learns one context shared by the classes; --class-specific does not apply.")
+        generator = torch.Generator().manual_seed(cfg.seed)
+        self.prompts = nn.ModuleList(ClassPrompts(backbone.model, names, cfg) for names in classnames)
+        self.ctx = nn.ParameterList(nn.Parameter(init_context(p, cfg, generator).float()) for p in self.prompts)
+        prior_cfg = PriorConfig(cfg.prior_template, cfg.topk, cfg.reweight_p, cfg.temperature)
+        self.relations: list[Tensor] = []
+        graphs = []
+        dim = backbone.geometry["embed_dim"]
+        for names in classnames:
+            if cfg.no_prior:
+                adjacency = relation = torch.eye(len(names))
+            else:
+                prior = label_prior(backbone, names, prior_cfg)
+                adjacency, relation = prior.adjacency, prior.relation
+            self.relations.append(relation.to(backbone.device))
+            if not cfg.no_gcn:
+                graphs.append(LabelGraph(dim, adjacency, generator).to(backbone.device))
+        self.graphs = nn.ModuleList(graphs)
+        self.selected: dict[int, Tensor] = {}  # per task: the latest pseudo-labels of every training image
+        if cfg.finetune_image:
+            self.visual = backbone.model.visual.float().requires_grad_(True)  # registered: saved in the state
+
+    def param_groups(self) -> list[dict]:
+        if not self.cfg.finetune_image:
+            return super().param_groups()
+        image = {id(p) for p in self.visual.parameters()}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in image]
+        return [{"params": rest, "lr_scale": 1.0},
+                {"params": list(self.visual.parameters()), "lr_scale": self.cfg.image_lr_scale}]
+
+    def logit_scale(self) -> float:
+        return self.cfg.logit_scale
+
+    def class_weights(self, task: int, classes: Tensor | None = None) -> Tensor:
+        feats = self.prompts[task].encode(self.backbone.model, self.ctx[task]).float()  # (n_cls, dim)
+        if not self.cfg.no_gcn:
+            feats = self.graphs[task](feats)
+        feats = F.normalize(feats, dim=-1)
+        return feats if classes is None else feats[classes]
+
+    def batch_loss(self, data: TaskData, task: int, rows: Tensor, classes: Tensor | None, epoch: int,
+                   gen: torch.Generator) -> Tensor:
+        device = self.backbone.device
+        images, views = rows[:, 0], rows[:, 1]
+        targets = data.train_labels[images].to(device)
+        n_views = data.train_views.shape[1]
+        weak = data.train_views[images, views]
+        if self.cfg.no_self_training:
+            feats = weak
+        else:
+            other = (views + torch.randint(1, max(n_views, 2), (len(rows),), generator=gen)) % n_views
+            pick = torch.randint(0, data.train_strong.shape[1], (len(rows),), generator=gen)
+            feats = torch.cat([weak, data.train_views[images, other], data.train_strong[images, pick]])
+        weight = self.class_weights(task)
+        logits = (self.logit_scale() * F.normalize(feats.to(device).float(), dim=-1) @ weight.T).float()
+        sup_logits = logits[: len(rows)]
+        if self.cfg.single_positive:
+            loss = splc_loss(sup_logits, targets, correct=epoch >= 1)
+        else:
+            loss = asymmetric_loss(sup_logits, targets)
+        if self.cfg.no_self_training:
+            return loss
+        n = len(rows)
+        weak_logits, strong_logits = logits[n: 2 * n].detach(), logits[2 * n:]
+        return loss + self.cfg.lambda_u * self._self_training(task, data, images, weak_logits, strong_logits, targets)
+
+    def _self_training(self, task: int, data: TaskData, images: Tensor, weak_logits: Tensor, strong_logits: Tensor,
+                       targets: Tensor) -> Tensor:
+        selected = self.selected.setdefault(task, torch.zeros(len(data.train_labels), len(self.classnames[task]),
+                                                              dtype=torch.uint8))
+        thresholds = class_thresholds(selected, self.cfg.hard_k, self.cfg.p_cutoff).to(weak_logits.device)
+        probs = torch.sigmoid(weak_logits)
+        labels, confident = pseudo_labels(probs, thresholds, self.cfg.hard_k, targets.eq(1))
+        chosen = labels.sum(dim=1) >= 1
+        selected[images[chosen.cpu()]] = labels[chosen].to(torch.uint8).cpu()
+        return self_training_loss(strong_logits, probs, labels, confident, self.relations[task], self.cfg.kl_lambda)
+
+    def state(self) -> dict[str, Tensor]:
+        return {**super().state(), **{f"selected.{t}": s.clone() for t, s in self.selected.items()}}
+
+    def load_state(self, state: dict[str, Tensor]) -> None:
+        state = dict(state)
+        self.selected = {int(k.split(".")[1]): state.pop(k).clone() for k in list(state) if k.startswith("selected.")}
+        super().load_state(state)
+        if self.cfg.finetune_image:
+            self.backbone.mark_image_tuned()

@@ -1,0 +1,106 @@
+"""`cpt fit` on multi-label label files through the real CLI: --labels/--images/--test-labels,
+the saved and reused mask, SCPNet and its ablations, and the errors users hit."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import COLOURS, write_image
+from tests.test_cli_fit import cli, fit_json
+
+NAMES = list(COLOURS)
+
+
+@pytest.fixture(scope="module")
+def ml_data(tmp_path_factory):
+    """Images of one or two colour halves; labels = the colours present. Wide train CSV, long test CSV."""
+    root = tmp_path_factory.mktemp("ml")
+    rng = np.random.default_rng(0)
+    rows = {"train": [], "test": []}
+    for split, n in (("train", 24), ("test", 12)):
+        for i in range(n):
+            present = sorted(set(rng.choice(len(NAMES), size=rng.integers(1, 3), replace=False).tolist()))
+            path = write_image(root / "images" / split / f"{i}.png", COLOURS[NAMES[present[0]]], rng)
+            rows[split].append((path.relative_to(root / "images"), present))
+    wide = pd.DataFrame([[str(p)] + [int(c in present) for c in range(len(NAMES))] for p, present in rows["train"]],
+                        columns=["path", *NAMES])
+    wide.to_csv(root / "train.csv", index=False)
+    long = pd.DataFrame([(str(p), ";".join(NAMES[c] for c in present)) for p, present in rows["test"]],
+                        columns=["path", "labels"])
+    long.to_csv(root / "test.csv", index=False)
+    return root
+
+
+def test_scpnet_on_label_files_writes_the_run_and_reuses_its_mask(tiny_clip, ml_data, tmp_path):
+    common = ["--labels", ml_data / "train.csv", "--images", ml_data / "images", "--test-labels", ml_data / "test.csv",
+              "--backbone", tiny_clip, "--epochs", "2", "--aug-views", "2", "--tasks", "colours"]
+    first = fit_json("--method", "scpnet", *common, "--known-ratio", "0.5", "--out", tmp_path / "a")
+    run = tmp_path / "a"
+    metrics = {m["metric"]: m["value"] for m in first["metrics"]}
+    assert {"mAP", "CF1", "OF1", "CF1_top3"} <= set(metrics) and 0 <= metrics["mAP"] <= 100
+    for name in ("mask_colours.csv", "train_labels_colours.csv", "per_class.csv", "report.md", "pr_colours.png",
+                 "ap_colours.png", "checkpoint.pt", "history.csv"):
+        assert (run / name).exists(), name
+    mask = pd.read_csv(run / "mask_colours.csv")
+    assert list(mask.columns) == ["path", "red", "green", "blue", "yellow ochre"] and len(mask) == 24
+    assert 0.3 < mask.iloc[:, 1:].to_numpy().mean() < 0.7
+    labels = pd.read_csv(run / "train_labels_colours.csv")
+    assert (labels.iloc[:, 1:].to_numpy()[mask.iloc[:, 1:].to_numpy() == 0] == -1).all()
+    # a second run given the mask file trains on exactly the same entries, whatever its seed
+    fit_json("--method", "coop", *common, "--mask", run / "mask_colours.csv", "--seed", "9", "--out", tmp_path / "b")
+    assert pd.read_csv(tmp_path / "b" / "train_labels_colours.csv").equals(labels)
+    assert len(pd.read_csv(run / "history.csv")) == 2
+
+
+def test_single_positive_and_ablation_runs(tiny_clip, ml_data, tmp_path):
+    common = ["--labels", ml_data / "train.csv", "--images", ml_data / "images", "--backbone", tiny_clip,
+              "--epochs", "2", "--aug-views", "2"]
+    fit_json("--method", "scpnet", *common, "--single-positive", "--no-prior", "--no-gcn", "--out", tmp_path / "sp")
+    kept = pd.read_csv(tmp_path / "sp" / "train_labels_train.csv").iloc[:, 1:].to_numpy()
+    assert ((kept == 1).sum(axis=1) == 1).all() and set(np.unique(kept)) == {1, -1}
+    assert "no prior" in (tmp_path / "sp" / "report.md").read_text()
+    # no --test-labels: a seeded 30 % of the labelled images is held out
+    summary = fit_json("--method", "scpnet", *common, "--no-self-training", "--out", tmp_path / "ns")
+    n_test = next(m["value"] for m in summary["metrics"] if m["metric"] == "n_images")
+    assert n_test == round(0.3 * 24)
+
+
+def test_multilabel_input_errors_exit_2(tiny_clip, ml_data, colours, tmp_path):
+    bad = tmp_path / "bad.csv"
+    pd.read_csv(ml_data / "train.csv").rename(columns={"blue": "navy"}).to_csv(bad, index=False)
+    code, _, err = cli("fit", "--method", "scpnet", "--labels", ml_data / "train.csv", "--images", ml_data / "images",
+                       "--test-labels", bad, "--backbone", tiny_clip, "--out", tmp_path / "x")
+    assert code == 2 and "navy" in err and "blue" in err
+    assert not (tmp_path / "x").exists()  # bad input leaves no run behind
+    cases = [
+        (["--method", "scpnet", "--tasks", f"c={colours}"], "multi-label method"),
+        (["--method", "coop", "--labels", ml_data / "train.csv", "--no-prior"], "--no-prior"),
+        (["--method", "scpnet", "--labels", tmp_path / "missing.csv"], "missing.csv"),
+        (["--method", "scpnet", "--labels", ml_data / "train.csv", "--images", ml_data / "images",
+          "--mask", ml_data / "test.csv"], "--mask"),
+    ]
+    for args, message in cases:
+        code, _, err = cli("fit", *args, "--backbone", tiny_clip, "--out", tmp_path / "y")
+        assert code == 2 and message in err, (args, err)
+
+
+def test_finetune_image_trains_the_encoder_and_its_run_evaluates_with_it(tiny_clip, ml_data, tmp_path):
+    run = tmp_path / "ft"
+    common = ["--labels", ml_data / "train.csv", "--images", ml_data / "images", "--test-labels", ml_data / "test.csv",
+              "--backbone", tiny_clip, "--aug-views", "2", "--tasks", "colours"]
+    summary = fit_json("--method", "scpnet", *common, "--epochs", "1", "--finetune-image", "--out", run)
+    state = torch.load(run / "checkpoint.pt", weights_only=False)["state"]
+    frozen = torch.load(tiny_clip, weights_only=False)
+    changed = [k for k, v in state.items() if k.startswith("visual.") and not torch.equal(v, frozen[k])]
+    assert changed, "the image encoder did not train"
+    # cpt eval rebuilds the tuned encoder from the run: the same figures, not the frozen encoder's cached ones
+    code, out, err = cli("eval", run, "--json", "--quiet")
+    assert code == 0, err
+    assert json.loads(out)["metrics"] == summary["metrics"]
+    code, _, err = cli("export", run, "--format", "pt", "--out", tmp_path / "c.pt")
+    assert code == 2 and "torchscript" in err and not (tmp_path / "c.pt").exists()

@@ -1,0 +1,110 @@
+"""`cpt eval` on multi-label runs: PR curves, several runs compared, tasks reloaded from their label source."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cpt.evaluate_ml import run_label
+from cpt.multilabel import LabelSource
+from tests.conftest import write_image
+from tests.test_cli_fit import cli, fit_json
+
+
+@pytest.fixture(scope="module")
+def ml_runs(tmp_path_factory):
+    """Zero-shot toy-ml runs: known ratio 0.5 (seed 1), 1.0 (seeds 1 and 2)."""
+    root = tmp_path_factory.mktemp("ml-runs")
+    runs = [root / f"zs-{ratio}-{seed}" for ratio, seed in (("0.5", 1), ("1.0", 1), ("1.0", 2))]
+    with pytest.MonkeyPatch.context() as mp:  # the session's cache: the autouse fixture is per test
+        mp.setenv("CPT_CACHE", str(tmp_path_factory.getbasetemp() / "feature-cache"))
+        for run in runs:
+            ratio, seed = run.name.split("-")[1:]
+            fit_json("--method", "zeroshot", "--tasks", "toy-ml", "--backbone", "toy", "--known-ratio", ratio,
+                     "--seed", seed, "--out", run)
+    return runs
+
+
+def map_of(run) -> float:
+    metrics = pd.read_csv(run / "metrics.csv")
+    return metrics.loc[metrics.metric == "mAP", "value"].item()
+
+
+def test_eval_writes_pr_curves_into_the_run(ml_runs):
+    run = ml_runs[0]
+    code, _, err = cli("eval", run, "--quiet")
+    assert code == 0, err
+    assert "](pr_toy-ml.png)" in (run / "report.md").read_text()
+    with Image.open(run / "pr_toy-ml.png") as im:
+        im.verify()
+        assert im.format == "PNG"
+
+
+def test_several_runs_are_compared(ml_runs, tmp_path):
+    out = tmp_path / "compare"
+    code, stdout, err = cli("eval", *ml_runs, "--out", out, "--json", "--quiet")
+    assert code == 0, err
+    assert json.loads(stdout)["out"] == str(out)
+    table = pd.read_csv(out / "comparison.csv")
+    assert list(table.columns) == ["run", "label", "method", "known_ratio", "seed", "task", "mAP"]
+    assert table.run.tolist() == [str(r) for r in ml_runs]
+    assert table.known_ratio.tolist() == [0.5, 1.0, 1.0] and table.seed.tolist() == [1, 1, 2]
+    assert set(table.label) == set(table.method) == {"zeroshot"} and set(table.task) == {"toy-ml"}
+    assert table.mAP.tolist() == pytest.approx([map_of(r) for r in ml_runs])
+    text = (out / "report.md").read_text()
+    assert "](map_vs_known_ratio.png)" in text and "| zeroshot | 1.00 | toy-ml |" in text
+    with Image.open(out / "map_vs_known_ratio.png") as im:
+        im.verify()
+        assert im.format == "PNG"
+    assert all((r / "pr_toy-ml.png").exists() for r in ml_runs)  # each run re-evaluated into its folder
+
+
+def test_comparing_needs_out_and_multilabel_runs(ml_runs, tiny_clip, colours, tmp_path):
+    code, _, err = cli("eval", *ml_runs[:2])
+    assert code == 2 and "--out" in err
+    single = tmp_path / "single"
+    fit_json("--method", "zeroshot", "--tasks", f"colours={colours}", "--backbone", tiny_clip, "--out", single)
+    code, _, err = cli("eval", ml_runs[0], single, "--out", tmp_path / "c")
+    assert code == 2 and "single-label" in err and str(single) in err
+    assert not (tmp_path / "c").exists()
+
+
+def test_run_label_names_the_switched_on_flags():
+    assert run_label({"method": "coop"}) == "coop"
+    assert run_label({"method": "scpnet", "no_prior": True, "no_gcn": False, "single_positive": True}) == \
+        "scpnet (no_prior, single_positive)"
+
+
+def test_tasks_reload_from_their_recorded_label_source(tiny_clip, tmp_path):
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    colours = {"red": (220, 40, 40), "blue": (40, 70, 220)}
+    rows = []
+    for i in range(8):
+        present = [name for j, name in enumerate(colours) if (i >> j) & 1] or ["red"]
+        mix = np.mean([colours[c] for c in present], axis=0).astype(int)
+        path = write_image(data / "img" / f"{i}.png", tuple(mix), rng).relative_to(data)
+        rows.append(f"{path},{int('red' in present)},{int('blue' in present)}\n")
+    for split in ("train", "held_out"):
+        (data / f"{split}.csv").write_text("path,red,blue\n" + "".join(rows))
+    (data / "test.csv").write_text("path,red,blue\n" + "".join(rows[:4]))
+    run = tmp_path / "run"
+    fit_json("--method", "zeroshot", "--tasks", f"ml={data}", "--backbone", tiny_clip, "--out", run)
+    config = json.loads((run / "config.json").read_text())
+    assert pd.read_csv(run / "metrics.csv").query("metric == 'n_images'").value.item() == 4
+    source = LabelSource(str(data / "train.csv"), str(data / "held_out.csv"))
+    config["tasks"][0] = {**config["tasks"][0], "source": str(tmp_path / "gone"), "label_source": asdict(source)}
+    (run / "config.json").write_text(json.dumps(config))
+    code, _, err = cli("eval", run, "--quiet")
+    assert code == 0, err
+    assert pd.read_csv(run / "metrics.csv").query("metric == 'n_images'").value.item() == 8
+    del config["tasks"][0]["label_source"]  # a run from before label sources were recorded: its folder
+    (run / "config.json").write_text(json.dumps({**config, "tasks": [{**config["tasks"][0], "source": str(data)}]}))
+    code, _, err = cli("eval", run, "--quiet")
+    assert code == 0, err
+    assert pd.read_csv(run / "metrics.csv").query("metric == 'n_images'").value.item() == 4
