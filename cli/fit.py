@@ -79,6 +79,7 @@ def fit_cmd(
     no_prior: Annotated[bool, typer.Option(help="Ablation: no label prior (identity graph, uncalibrated soft targets).", rich_help_panel=SCP)] = False,
     no_gcn: Annotated[bool, typer.Option(help="Ablation: no graph module over the class features.", rich_help_panel=SCP)] = False,
     no_self_training: Annotated[bool, typer.Option(help="Ablation: the supervised loss only (no weak/strong self-training).", rich_help_panel=SCP)] = False,
+    strong_augment: Annotated[Optional[str], typer.Option(help="Strong view: 'randaugment' (3 ops, magnitude 5, as SCPNet) or 'colour-safe' (no op that shifts hues, for colour labels) [default: randaugment; colour-safe for toy-ml].", rich_help_panel=SCP)] = None,
     finetune_image: Annotated[bool, typer.Option(help="Train the image encoder too, as the paper does (slow: no feature cache for training).", rich_help_panel=SCP)] = False,
     image_lr_scale: Annotated[Optional[float], typer.Option(help="With --finetune-image: the image encoder's learning rate as a share of --lr [default: 0.1].", rich_help_panel=SCP)] = None,
     logit_scale: Annotated[Optional[float], typer.Option(help="Fixed logit scale [default: 10, SCPNet's COCO setting].", rich_help_panel=SCP)] = None,
@@ -108,7 +109,7 @@ def fit_cmd(
         req = FitRequest(
             method=method, tasks=tasks, known_ratio=known_ratio, labels=_str(labels), images=_str(images),
             test_labels=_str(test_labels), unknown_value=unknown_value, mask=_str(mask), single_positive=single_positive,
-            no_prior=no_prior, no_gcn=no_gcn, no_self_training=no_self_training, finetune_image=finetune_image,
+            no_prior=no_prior, no_gcn=no_gcn, no_self_training=no_self_training, finetune_image=finetune_image, strong_augment=strong_augment,
             image_lr_scale=image_lr_scale, logit_scale=logit_scale,
             lambda_u=lambda_u, kl_lambda=kl_lambda, p_cutoff=p_cutoff, hard_k=hard_k, topk=topk,
             reweight_p=reweight_p, temperature=temperature, prior_template=prior_template, data_root=str(data_root) if data_root else None, out=str(out or default_out), shots=shots, seed=seed, backbone=backbone,

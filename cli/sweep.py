@@ -41,11 +41,12 @@ def sweep_cmd(
     backbone: Annotated[str, typer.Option(help="As for cpt fit.")] = "RN50",
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     epochs: Annotated[Optional[int], typer.Option(help="Override every method's default epochs.")] = None,
+    ctx_init: Annotated[Optional[str], typer.Option(help="Initialise learned contexts from these words, e.g. 'a photo of a' (as cpt fit).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the tidy results as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars or info messages.")] = False,
 ) -> None:
     """Run methods x shots x seeds and gather the results (finished runs are reused)."""
-    base = FitRequest(tasks=tasks, backbone=backbone, device=device, epochs=epochs)
+    base = FitRequest(tasks=tasks, backbone=backbone, device=device, epochs=epochs, ctx_init=ctx_init)
     ratios = _numbers(known_ratios, "--known-ratios", float) if known_ratios else None
     results = sweep(base, [m.strip() for m in methods.split(",") if m.strip()], _numbers(shots, "--shots"),
                     _numbers(seeds, "--seeds"), out, ratios)

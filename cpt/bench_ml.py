@@ -65,7 +65,7 @@ def bench_extraction(geometry: str, device: str = "auto", n_images: int = 64, vi
             path.parent.mkdir(exist_ok=True)
             Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)).save(path)
             paths.append(path)
-        for view, aug in (("eval", None), ("weak", AugmentSpec(views=views)), ("strong", AugmentSpec(views=views, strong=True))):
+        for view, aug in (("eval", None), ("weak", AugmentSpec(views=views)), ("strong", AugmentSpec(views=views, strong="randaugment"))):
             root = Path(tmp) / f"cache-{view}"
             cache = FeatureCache(backbone, root)
             t0 = time.perf_counter()

@@ -23,7 +23,30 @@ from torchvision import transforms as T
 
 from cpt.backbone import Backbone, Preprocess
 from cpt.console import track
+from cpt.errors import CptError
 from cpt.io import atomic_path, cache_root
+
+
+# RandAugment's operations allowed in a strong view. "randaugment": all of them (SCPNet);
+# "colour-safe": those that keep hues, for labels that are colours (toy-ml, CUB attributes):
+# Solarize, Posterize, Equalize, AutoContrast and Color can turn yellow into green.
+STRONG_OPS: dict[str, tuple[str, ...] | None] = {
+    "randaugment": None,
+    "colour-safe": ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Contrast",
+                    "Sharpness"),
+}
+
+
+class _RandAugment(T.RandAugment):
+    """RandAugment drawing from a subset of its operations (all when `ops` is None)."""
+
+    def __init__(self, ops: tuple[str, ...] | None, num_ops: int = 3, magnitude: int = 5) -> None:
+        super().__init__(num_ops=num_ops, magnitude=magnitude)
+        self.ops = ops
+
+    def _augmentation_space(self, num_bins: int, image_size: tuple[int, int]) -> dict:
+        space = super()._augmentation_space(num_bins, image_size)
+        return space if self.ops is None else {k: v for k, v in space.items() if k in self.ops}
 
 
 @dataclass(frozen=True)
@@ -34,7 +57,7 @@ class AugmentSpec:
     scale: tuple[float, float] = (0.08, 1.0)
     flip: bool = True
     seed: int = 0
-    strong: bool = False  # RandAugment (3 ops, magnitude 5) first: SCPNet's strong view
+    strong: str = ""  # a strong view (SCPNet): RandAugment first, with the ops of STRONG_OPS[strong]
 
     def key(self) -> dict:
         """What identifies these views in the cache (`strong` only when set, so weak-view keys stay put)."""
@@ -67,7 +90,9 @@ def eval_transform(pre: Preprocess) -> T.Compose:
 
 def augment_transform(pre: Preprocess, aug: AugmentSpec) -> T.Compose:
     """Training view: (RandAugment for a strong view,) random resized crop (+ flip), normalise."""
-    steps = [T.RandAugment(num_ops=3, magnitude=5)] if aug.strong else []
+    if aug.strong and aug.strong not in STRONG_OPS:
+        raise CptError(f"--strong-augment {aug.strong!r} must be one of {', '.join(STRONG_OPS)}.")
+    steps = [_RandAugment(STRONG_OPS[aug.strong])] if aug.strong else []
     steps += [T.RandomResizedCrop(pre.resolution, scale=aug.scale, interpolation=T.InterpolationMode(pre.interpolation))]
     if aug.flip:
         steps.append(T.RandomHorizontalFlip())

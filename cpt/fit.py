@@ -97,9 +97,11 @@ def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitRe
         req = FitRequest(**{**R.read_config(run)["request"], "out": str(run)})
     # find and read the data before creating the run, so bad input leaves nothing behind
     specs, multi_label = ([], True) if req.labels else D.resolve_tasks(req.tasks, req.data_root)
+    recipe = RECIPES.get(req.tasks)
     if req.crop_scale is None:
-        recipe = RECIPES.get(req.tasks)
         req = replace(req, crop_scale=recipe.crop_scale if recipe and recipe.crop_scale else AugmentSpec.scale[0])
+    if req.strong_augment is None:
+        req = replace(req, strong_augment=recipe.strong_augment if recipe and recipe.strong_augment else "randaugment")
     if multi_label:
         loaded = load_multilabel(req, specs)
     else:

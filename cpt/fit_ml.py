@@ -21,7 +21,7 @@ from cpt.console import log
 from cpt.errors import CptError
 from cpt.evaluate_ml import evaluate_multilabel, write_multilabel_results
 from cpt.data import check_image
-from cpt.features import AugmentSpec, EncodedViews, FeatureCache
+from cpt.features import STRONG_OPS, AugmentSpec, EncodedViews, FeatureCache
 from cpt.io import write_csv
 from cpt.methods import Method, TaskData, build_method
 from cpt.multilabel import UNKNOWN, LabelSource, MultiLabelTask, load_source
@@ -54,6 +54,8 @@ def check_request(req: FitRequest) -> None:
         raise CptError(f"{', '.join(flags)} switch parts of SCPNet off; they apply to --method scpnet only.")
     if req.single_positive and req.method == "coop":
         raise CptError("--single-positive needs a loss for unobserved negatives: use --method scpnet (SPLC loss).")
+    if req.strong_augment not in STRONG_OPS:
+        raise CptError(f"--strong-augment {req.strong_augment!r} must be one of {', '.join(STRONG_OPS)}.")
     if req.finetune_image and req.precision != "fp32":
         raise CptError("--finetune-image trains the image encoder in fp32; drop --precision.")
     if req.mask and (req.single_positive or req.known_ratio < 1):
@@ -89,7 +91,7 @@ def _task_data(req: FitRequest, run: Path, method: Method, task: MultiLabelTask,
     weak = AugmentSpec(views=req.aug_views, scale=(req.crop_scale, 1.0))
     specs = {"weak": weak}
     if "strong" in method.uses and not req.no_self_training:
-        specs["strong"] = AugmentSpec(views=req.aug_views, scale=weak.scale, strong=True)
+        specs["strong"] = AugmentSpec(views=req.aug_views, scale=weak.scale, strong=req.strong_augment)
     if req.finetune_image:
         for path in paths:
             reason = check_image(path)

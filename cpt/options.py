@@ -56,6 +56,7 @@ class FitRequest:
     no_gcn: bool = False
     no_self_training: bool = False
     finetune_image: bool = False
+    strong_augment: str | None = None  # None: the recipe's, else "randaugment"
     image_lr_scale: float | None = None
     logit_scale: float | None = None
     lambda_u: float | None = None

@@ -45,6 +45,7 @@ class Recipe:
     multi_label: bool
     build: Callable[[Path, int], list[tuple[str, Path]]]  # (root, seed) -> [(task name, path)]
     crop_scale: float | None = None  # the recipe's default for --crop-scale, where CoOp's 0.08 does not fit
+    strong_augment: str | None = None  # the recipe's default for --strong-augment, where labels are colours
 
 
 def _scene(rng: np.random.Generator, fixed: dict) -> W.Scene:
@@ -130,7 +131,7 @@ RECIPES: dict[str, Recipe] = {
         # measured, so the toy suite trains on flipped full views by default
         Recipe("toy", "toy world: shape (6), colour (8), count (4), size (2) classes", False, materialize_toy, 1.0),
         Recipe("toy-ml", "toy world, multi-label: 18 co-occurring labels (shapes, colours, backgrounds)", True,
-               materialize_toy_ml, 1.0),
+               materialize_toy_ml, 1.0, "colour-safe"),
     )
 }
 

@@ -56,3 +56,25 @@ def test_precision_is_part_of_the_key_and_broken_images_are_reported(tiny_clip, 
     half = FeatureCache(load_backbone(str(tiny_clip), "cpu", "bf16"), tmp_path / "c")
     half.features(paths)
     assert half.stats.encoded == 2
+
+
+def test_colour_safe_strong_views_keep_hues(tmp_path):
+    """Strong views: RandAugment's full set may change a flat yellow's hue; the colour-safe set never does."""
+    from PIL import Image
+
+    from cpt.backbone import Preprocess
+    from cpt.features import AugmentSpec, STRONG_OPS, image_views
+
+    path = tmp_path / "yellow.png"
+    Image.new("RGB", (32, 32), (230, 210, 40)).save(path)
+    pre = Preprocess(resolution=32)
+    mean, std = torch.tensor(pre.mean)[:, None, None], torch.tensor(pre.std)[:, None, None]
+
+    def hues(kind: str) -> list[bool]:
+        views = image_views(path, "ab" * 32, pre, AugmentSpec(views=40, scale=(1.0, 1.0), strong=kind)) * std + mean
+        centre = views[:, :, 16, 16]  # RGB of the centre pixel, which translations and shears keep inside
+        return [bool(r > b and g > b) for r, g, b in centre.tolist()]  # still a yellow hue
+
+    assert all(hues("colour-safe"))
+    assert not all(hues("randaugment"))
+    assert set(STRONG_OPS) == {"randaugment", "colour-safe"}
