@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Optional
 
+import numpy as np
+import pandas as pd
 import typer
 from cpt_cli.app import app, command, emit_json
 
@@ -14,20 +16,22 @@ from cpt.data import resolve_tasks
 from cpt.errors import CptError
 from cpt.io import write_csv
 from cpt.multilabel import load_multilabel_task
-from cpt.prior import PriorConfig, label_prior
+from cpt.prior import PriorConfig, agreement, cooccurrence, label_prior
 
 
-def _classnames(tasks: Optional[str], classes: Optional[Path]) -> list[str]:
+def _classes(tasks: Optional[str], classes: Optional[Path]) -> tuple[list[str], Optional[np.ndarray]]:
+    """Class names, and the training targets when they come from a multi-label task."""
     if classes is not None:
         if not classes.is_file():
             raise CptError(f"--classes {classes} does not exist; give a text file with one class name per line.")
-        return [c.strip().replace("_", " ") for c in classes.read_text().splitlines() if c.strip()]
+        return [c.strip().replace("_", " ") for c in classes.read_text().splitlines() if c.strip()], None
     if tasks is None:
         raise CptError("Give the classes: --classes FILE (one per line) or --tasks with a multi-label task.")
     specs, multi = resolve_tasks(tasks)
     if not multi or len(specs) != 1:
         raise CptError(f"--tasks {tasks} must be one multi-label task (a folder with train.csv and test.csv, or toy-ml).")
-    return load_multilabel_task(specs[0].name, specs[0].path)[0].classnames
+    task = load_multilabel_task(specs[0].name, specs[0].path)[0]
+    return task.classnames, task.splits["train"].targets
 
 
 @app.command("prior", epilog="""Examples:
@@ -45,22 +49,27 @@ def prior_cmd(
     topk: Annotated[Optional[int], typer.Option(help="Neighbours kept per row, self included [default: 78 % of the classes].")] = None,
     reweight_p: Annotated[float, typer.Option(help="Neighbour mass of each adjacency row (the diagonal gets 1 - p).")] = PriorConfig.reweight_p,
     temperature: Annotated[float, typer.Option(help="Softmax temperature of the relation matrix.")] = PriorConfig.temperature,
-    out: Annotated[Optional[Path], typer.Option(help="Folder for similarity.csv, adjacency.csv and relation.csv.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for similarity.csv, adjacency.csv, relation.csv (and cooccurrence.csv with --tasks).")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print a summary (and the matrices without --out) as JSON.")] = False,
     quiet: Annotated[bool, typer.Option(help="No table on stderr.")] = False,
 ) -> None:
     """SCPNet's label-to-label prior from CLIP's text encoder: similarity, adjacency, relation."""
-    names = _classnames(tasks, classes)
+    names, targets = _classes(tasks, classes)
     cfg = PriorConfig(template=template, topk=topk, reweight_p=reweight_p, temperature=temperature)
     prior = label_prior(load_backbone(backbone, device), names, cfg)
     frames = prior.frames()
+    r = None
+    if targets is not None:  # does the text prior agree with how these labels co-occur?
+        cooc = cooccurrence(targets)
+        frames["cooccurrence"] = pd.DataFrame(cooc, index=names, columns=names)
+        r = agreement(prior.similarity, cooc)
     if out is not None:
         for name, frame in frames.items():
             write_csv(out / f"{name}.csv", frame.reset_index(names="class"))
     if json_out:
         summary = {"classes": len(names), "template": template, "topk": cfg.k(len(names)), "reweight_p": reweight_p,
-                   "temperature": temperature, "out": str(out) if out else None}
+                   "temperature": temperature, "out": str(out) if out else None, "cooccurrence_r": r}
         if out is None:
             summary["similarity"] = frames["similarity"].round(4).to_dict(orient="index")
         emit_json(summary)
@@ -68,3 +77,6 @@ def prior_cmd(
         nearest = frames["similarity"].apply(lambda row: row.drop(row.name).idxmax(), axis=1)
         for name, other in nearest.items():
             console.print(f"{name} -> {other}  ({frames['similarity'].loc[name, other]:.3f})", highlight=False)
+        if r is not None:
+            console.print(f"similarity vs. training-label co-occurrence P(j|i), off the diagonal: r = {r:.2f} "
+                          "(near 0: the prior says little about these labels)", highlight=False)

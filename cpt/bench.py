@@ -16,6 +16,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -132,29 +133,39 @@ def bench_one(geometry: str, n_classes: int, device: torch.device, precision: st
         torch.manual_seed(0)
         ctx = torch.nn.Parameter(init_context(prompts, PromptConfig(n_ctx=n_ctx), torch.Generator().manual_seed(1)).float())
         opt = torch.optim.SGD([ctx], lr=0.002, momentum=0.9)
-        times, peak, logits = [], 0.0, None
-        for i in range(repeats + 1):  # the first step warms up
-            with PeakMemory(device) as mem:
-                t0 = time.perf_counter()
-                out = _naive_logits(model, prompts, ctx, images) if path == "naive" else _fast_logits(model, prompts, ctx, cached)
-                if i == 0:
-                    logits = out.detach()
-                F.cross_entropy(out, labels).backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                elapsed = time.perf_counter() - t0
-            if i:
-                times.append(elapsed)
-                peak = max(peak, mem.peak)
-        results[path] = (statistics.median(times), peak, logits)
+        first: list[torch.Tensor] = []
+
+        def step(path: str = path, ctx: torch.Tensor = ctx) -> torch.Tensor:
+            out = _naive_logits(model, prompts, ctx, images) if path == "naive" else _fast_logits(model, prompts, ctx, cached)
+            first.append(out.detach())
+            return F.cross_entropy(out, labels)
+
+        results[path] = (*time_steps(step, opt, device, repeats), first[0])
     naive_t, naive_m, naive_logits = results["naive"]
     rows = []
     for path, (t, m, logits) in results.items():
         rows.append(BenchRow(geometry, n_classes, path, 1000 * t, 1 / t, m, naive_t / t, naive_m / max(m, 1e-6),
                              float((logits - naive_logits).abs().max())))
     return rows
+
+
+def time_steps(step: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer, device: torch.device,
+               repeats: int) -> tuple[float, float]:
+    """Median seconds and peak memory (MB) of `repeats` optimiser steps on `step()`'s loss, after one warm-up."""
+    times, peak = [], 0.0
+    for i in range(repeats + 1):
+        with PeakMemory(device) as mem:
+            t0 = time.perf_counter()
+            step().backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - t0
+        if i:
+            times.append(elapsed)
+            peak = max(peak, mem.peak)
+    return statistics.median(times), peak
 
 
 def run_bench(geometries: list[str], classes: list[int], device: str = "auto", precision: str = "fp32",

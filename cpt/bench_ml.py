@@ -10,7 +10,6 @@ step        one SCPNet training step on cached features (prompt through the text
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import torch
 from PIL import Image
 
 from cpt.backbone import Backbone, Preprocess, resolve_device
-from cpt.bench import PeakMemory, build_model, class_names
+from cpt.bench import build_model, class_names, time_steps
 from cpt.features import AugmentSpec, FeatureCache
 from cpt.methods import TaskData, build_method
 
@@ -90,22 +89,12 @@ def bench_step(geometry: str, n_classes: int, device: str = "auto", batch: int =
     data = TaskData("bench", names, torch.randn(n, views, dim, generator=gen), torch.empty(0, dim), targets,
                     torch.empty(0, dim), torch.empty(0), torch.randn(n, views, dim, generator=gen))
     optimizer = torch.optim.SGD(method.param_groups(), lr=0.002, momentum=0.9)
-    times, peak = [], 0.0
-    for i in range(repeats + 1):  # the first step warms up
+
+    def step() -> torch.Tensor:
         rows = torch.stack([torch.randperm(n, generator=gen)[:batch], torch.randint(0, views, (batch,), generator=gen)], 1)
-        with PeakMemory(dev) as mem:
-            t0 = time.perf_counter()
-            loss = method.batch_loss(data, 0, rows, None, 1, gen) / batch
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            elapsed = time.perf_counter() - t0
-        if i:
-            times.append(elapsed)
-            peak = max(peak, mem.peak)
-    t = statistics.median(times)
+        return method.batch_loss(data, 0, rows, None, 1, gen) / batch
+
+    t, peak = time_steps(step, optimizer, dev, repeats)
     return StepRow(geometry, n_classes, 1000 * t, 1 / t, peak)
 
 

@@ -5,6 +5,7 @@ adjacency   kept top-k per row, self-loops removed, rows rescaled to the neighbo
             then the diagonal set to 1 - p (rows sum to 1): the graph module's matrix;
 relation    a row-wise softmax of the adjacency at temperature T over the kept entries,
             renormalised (rows sum to 1): the prior that calibrates soft targets.
+`cooccurrence` and `agreement` check a prior against a task's labels (is it informative here?).
 Defaults follow SCPNet's COCO setting (p = 0.2, T = 0.2; top-k 62 of 80 classes, i.e. 78 %).
 """
 
@@ -12,11 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 
 from cpt.backbone import Backbone
 from cpt.errors import CptError
+from cpt.multilabel import UNKNOWN
 from cpt.templates import template_embeddings
 
 
@@ -71,3 +74,22 @@ def label_prior(backbone: Backbone, classnames: list[str], cfg: PriorConfig | No
     similarity = feats @ feats.T
     adjacency, relation = build_prior(similarity, cfg)
     return Prior(classnames, similarity, adjacency, relation, cfg)
+
+
+def cooccurrence(targets: np.ndarray) -> np.ndarray:
+    """(C, C) P(j positive | i positive), over the images where entry j is known (targets 1 / 0 / -1);
+    NaN where class i has no positive with j known."""
+    positive = (targets == 1).astype(float)
+    known = (targets != UNKNOWN).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (positive.T @ positive) / (positive.T @ known)
+
+
+def agreement(similarity: torch.Tensor, cooc: np.ndarray) -> float:
+    """Pearson correlation between the prior's similarities and the labels' co-occurrence, off the
+    diagonal: how much the text encoder's notion of related labels matches these labels (NaN if undefined)."""
+    sim = similarity.numpy()
+    keep = ~np.eye(len(sim), dtype=bool) & np.isfinite(cooc)
+    if keep.sum() < 2 or np.std(cooc[keep]) == 0:
+        return float("nan")
+    return float(np.corrcoef(sim[keep], cooc[keep])[0, 1])

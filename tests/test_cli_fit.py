@@ -31,6 +31,20 @@ def fit_json(*args: str) -> dict:
     return json.loads(out)
 
 
+def interrupt_after(monkeypatch, saves: int) -> None:
+    """Make the run's `saves`-th checkpoint save raise KeyboardInterrupt (as Ctrl-C would) once it is written."""
+    original, count = R.save_checkpoint, {"n": 0}
+
+    def save_then_interrupt(run, payload):
+        original(run, payload)
+        count["n"] += 1
+        if count["n"] == saves:
+            monkeypatch.setattr(R, "save_checkpoint", original)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(R, "save_checkpoint", save_then_interrupt)
+
+
 def accuracy(summary: dict, task: str = "colours") -> float:
     return next(m["value"] for m in summary["metrics"] if m["task"] == task and m["metric"] == "accuracy")
 
@@ -151,21 +165,11 @@ def test_interrupted_run_resumes_exactly(tiny_clip, colours, tmp_path, monkeypat
             "--epochs", "5", "--n-ctx", "4", "--lr", "0.01"]
     fit_json(*args, "--out", tmp_path / "straight")
 
-    saves = {"n": 0}
-    original = R.save_checkpoint
-
-    def interrupt_after_two_epochs(run, payload):
-        original(run, payload)
-        saves["n"] += 1
-        if saves["n"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(R, "save_checkpoint", interrupt_after_two_epochs)
+    interrupt_after(monkeypatch, 2)
     code, _, err = cli("fit", *args, "--quiet", "--out", tmp_path / "cut")
     assert code == 2 and "--resume" in err
     assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["train_state"]["epoch"] == 2
     assert not (tmp_path / "cut" / "metrics.csv").exists()
-    monkeypatch.setattr(R, "save_checkpoint", original)
 
     resumed = fit_json("--resume", tmp_path / "cut")
     a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)["state"]["ctx.0"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import COLOURS, write_image
-from tests.test_cli_fit import cli, fit_json
+from tests.test_cli_fit import cli, fit_json, interrupt_after
 
 NAMES = list(COLOURS)
 
@@ -104,3 +104,18 @@ def test_finetune_image_trains_the_encoder_and_its_run_evaluates_with_it(tiny_cl
     assert json.loads(out)["metrics"] == summary["metrics"]
     code, _, err = cli("export", run, "--format", "pt", "--out", tmp_path / "c.pt")
     assert code == 2 and "torchscript" in err and not (tmp_path / "c.pt").exists()
+
+
+def test_interrupted_scpnet_run_resumes_exactly(tiny_clip, ml_data, tmp_path, monkeypatch):
+    """Pseudo-label state and the per-epoch draws of views are part of the checkpoint."""
+    args = ["--method", "scpnet", "--labels", ml_data / "train.csv", "--images", ml_data / "images",
+            "--backbone", tiny_clip, "--epochs", "4", "--aug-views", "2", "--known-ratio", "0.5", "--batch-size", "8"]
+    fit_json(*args, "--out", tmp_path / "straight")
+    interrupt_after(monkeypatch, 2)
+    code, _, err = cli("fit", *args, "--quiet", "--out", tmp_path / "cut")
+    assert code == 2 and "--resume" in err
+    fit_json("--resume", tmp_path / "cut")
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)["state"]
+    b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["state"]
+    assert a.keys() == b.keys() and "selected.0" in a
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,9 +1,14 @@
 """SCPNet's label prior: symmetric similarity, sparsified and re-weighted rows that sum as configured."""
 
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
 import torch
 
 from cpt.backbone import load_backbone
-from cpt.prior import PriorConfig, build_prior, label_prior
+from cpt.prior import PriorConfig, agreement, build_prior, cooccurrence, label_prior
 from tests.test_cli_fit import cli
 
 NAMES = ["cat", "dog", "kitten", "car", "truck", "bus"]
@@ -34,10 +39,25 @@ def test_build_prior_by_hand():
 def test_prior_command_writes_csv(tmp_path):
     code, out, err = cli("prior", "--backbone", "toy", "--tasks", "toy-ml", "--out", tmp_path / "prior", "--json", "--quiet")
     assert code == 0, err
-    import json
-
     result = json.loads(out)
     assert result["classes"] == 18 and result["template"] == "a photo of a {}."
-    for name in ("similarity", "adjacency", "relation"):
-        table = __import__("pandas").read_csv(tmp_path / "prior" / f"{name}.csv", index_col=0)
+    for name in ("similarity", "adjacency", "relation", "cooccurrence"):
+        table = pd.read_csv(tmp_path / "prior" / f"{name}.csv", index_col=0)
         assert table.shape == (18, 18) and list(table.index) == list(table.columns)
+    sim = pd.read_csv(tmp_path / "prior" / "similarity.csv", index_col=0).to_numpy()
+    cooc = pd.read_csv(tmp_path / "prior" / "cooccurrence.csv", index_col=0).to_numpy()
+    off = ~np.eye(18, dtype=bool)
+    assert result["cooccurrence_r"] == pytest.approx(np.corrcoef(sim[off], cooc[off])[0, 1], abs=1e-6)
+
+
+def test_cooccurrence_counts_known_entries_only():
+    targets = np.array([[1, 1, 0], [1, -1, 1], [1, 0, -1], [0, 1, 1]])
+    cooc = cooccurrence(targets)
+    # P(1 | 0): class 0 is positive in rows 0-2, class 1 known in rows 0 and 2, positive in row 0
+    assert cooc[0, 1] == pytest.approx(1 / 2)
+    assert cooc[0, 2] == pytest.approx(1 / 2)  # known in rows 0, 1; positive in row 1
+    assert cooc[1, 0] == pytest.approx(1 / 2)  # class 1 positive in rows 0 and 3; class 0 positive in row 0
+    assert np.allclose(np.diag(cooc), 1)
+    sim = torch.tensor([[1.0, 0.9, 0.1], [0.9, 1.0, 0.5], [0.1, 0.5, 1.0]])
+    off = ~np.eye(3, dtype=bool)
+    assert agreement(sim, cooc) == pytest.approx(np.corrcoef(sim.numpy()[off], cooc[off])[0, 1])
