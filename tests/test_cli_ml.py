@@ -10,6 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
+from PIL import Image
+
+from cpt.backbone import Preprocess
+from cpt.features import eval_transform
 from tests.conftest import COLOURS, write_image
 from tests.test_cli_fit import cli, fit_json, interrupt_after
 
@@ -104,6 +108,17 @@ def test_finetune_image_trains_the_encoder_and_its_run_evaluates_with_it(tiny_cl
     assert json.loads(out)["metrics"] == summary["metrics"]
     code, _, err = cli("export", run, "--format", "pt", "--out", tmp_path / "c.pt")
     assert code == 2 and "torchscript" in err and not (tmp_path / "c.pt").exists()
+    # predict on the run and the TorchScript export both use the tuned encoder
+    code, out, err = cli("predict", run, ml_data / "images" / "test", "--jsonl", "--quiet")
+    assert code == 0, err
+    records = {r["path"]: r["logits"] for r in map(json.loads, out.splitlines())}
+    code, _, err = cli("export", run, "--format", "torchscript", "--out", tmp_path / "c.ts", "--quiet")
+    assert code == 0, err
+    scripted = torch.jit.load(str(tmp_path / "c.ts"))
+    paths = sorted(records)
+    transform = eval_transform(Preprocess(resolution=32))
+    batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
+    np.testing.assert_allclose(scripted(batch)[0].detach().numpy(), np.array([records[p] for p in paths]), atol=1e-4)
 
 
 def test_interrupted_scpnet_run_resumes_exactly(tiny_clip, ml_data, tmp_path, monkeypatch):
