@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from PIL import Image
 
 from cpt.backbone import Preprocess
