@@ -26,7 +26,6 @@ from cpt.console import track
 from cpt.errors import CptError
 from cpt.io import atomic_path, cache_root
 
-
 # RandAugment's operations allowed in a strong view. "randaugment": all of them (SCPNet);
 # "colour-safe": those that keep hues, for labels that are colours (toy-ml, CUB attributes):
 # Solarize, Posterize, Equalize, AutoContrast and Color can turn yellow into green.

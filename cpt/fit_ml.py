@@ -18,9 +18,9 @@ import torch
 from cpt import run as R
 from cpt.backbone import load_backbone
 from cpt.console import log
+from cpt.data import check_image
 from cpt.errors import CptError
 from cpt.evaluate_ml import evaluate_multilabel, write_multilabel_results
-from cpt.data import check_image
 from cpt.features import STRONG_OPS, AugmentSpec, EncodedViews, FeatureCache
 from cpt.io import write_csv
 from cpt.methods import Method, TaskData, build_method

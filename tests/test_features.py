@@ -63,7 +63,7 @@ def test_colour_safe_strong_views_keep_hues(tmp_path):
     from PIL import Image
 
     from cpt.backbone import Preprocess
-    from cpt.features import AugmentSpec, STRONG_OPS, image_views
+    from cpt.features import STRONG_OPS, AugmentSpec, image_views
 
     path = tmp_path / "yellow.png"
     Image.new("RGB", (32, 32), (230, 210, 40)).save(path)

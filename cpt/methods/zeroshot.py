@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
 from cpt.methods.base import Classifier, Method
 from cpt.templates import DEFAULT_TEMPLATE, resolve_templates, template_embeddings
+
 
 @dataclass
 class ZeroShotConfig:
