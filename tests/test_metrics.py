@@ -125,6 +125,9 @@ def test_multilabel_map_excludes_unknowns_and_classes_without_positives():
     scores = np.array([[0.9, 0.1, 5.0], [0.2, 0.8, 0.3], [0.5, 0.9, 0.1], [0.5, 0.3, 0.2]])  # tie in class 0
     ap = average_precisions(scores, targets)
     assert ap[0] == pytest.approx(average_precision_score([1, 0, 1, 0], [0.9, 0.2, 0.5, 0.5]))
+    # by hand: at 0.9 precision 1 for half the recall; at the tied 0.5 both enter at once, precision 2/3
+    assert ap[0] == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
+    assert ap[1] == pytest.approx(1.0)  # the one positive ranked first
     assert ap[1] == pytest.approx(average_precision_score([0, 1, 0], [0.1, 0.8, 0.3]))  # the unknown row left out
     assert np.isnan(ap[2])  # no known positive: excluded
     metrics, per_class = multilabel_frames("t", ["a", "b", "c"], scores, targets, "test")
