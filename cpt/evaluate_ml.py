@@ -18,9 +18,9 @@ from cpt.io import write_csv
 from cpt.methods import Classifier
 from cpt.metrics import multilabel_frames
 from cpt.multilabel import MultiLabelTask
+from cpt.options import run_flags
 from cpt.report import write_comparison_report, write_multilabel_report
 
-FLAGS = ("no_prior", "no_gcn", "no_self_training", "single_positive", "finetune_image")
 COMPARISON_COLUMNS = ["run", "label", "method", "known_ratio", "seed", "task", "mAP"]
 
 
@@ -58,7 +58,7 @@ def write_multilabel_results(out: Path, title: str, result: MultiLabelEval, deta
 
 def run_label(request: dict) -> str:
     """The method, with the run's switched-on ablation flags in parentheses: `coop (no_prior, single_positive)`."""
-    flags = [f for f in FLAGS if request.get(f)]
+    flags = run_flags(request)
     return f"{request['method']} ({', '.join(flags)})" if flags else request["method"]
 
 

@@ -105,8 +105,8 @@ def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitRe
     if multi_label:
         loaded = load_multilabel(req, specs)
     else:
-        if req.method == "scpnet":
-            raise CptError("scpnet is a multi-label method; give a multi-label task (--labels FILE, a folder with "
+        if method_class(req.method).multi_label_only:
+            raise CptError(f"{req.method} is a multi-label method; give a multi-label task (--labels FILE, a folder with "
                            "train.csv and test.csv, or toy-ml).")
         tasks, skipped = _load_tasks(req, specs, Path(req.out), resume)
     if not resume:

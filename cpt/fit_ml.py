@@ -25,13 +25,12 @@ from cpt.features import STRONG_OPS, AugmentSpec, EncodedViews, FeatureCache
 from cpt.io import write_csv
 from cpt.methods import Method, TaskData, build_method
 from cpt.multilabel import UNKNOWN, LabelSource, MultiLabelTask, load_source
-from cpt.options import FitRequest, FitResult
+from cpt.options import SCPNET_FLAGS, FitRequest, FitResult, run_flags
 from cpt.partial import mask_frame, partial_targets, read_mask
 from cpt.taskfile import TaskSpec
 from cpt.train import TrainConfig, train
 
 MULTILABEL_METHODS = ("zeroshot", "coop", "scpnet")
-SCPNET_ONLY = ("no_prior", "no_gcn", "no_self_training", "finetune_image")
 
 
 def label_sources(req: FitRequest, specs: list[TaskSpec]) -> list[tuple[str, LabelSource]]:
@@ -49,7 +48,7 @@ def check_request(req: FitRequest) -> None:
                        f"{', '.join(MULTILABEL_METHODS)}.")
     if req.class_sample_rate > 0:
         raise CptError("--class-sample-rate applies to single-label tasks only.")
-    flags = [f"--{f.replace('_', '-')}" for f in SCPNET_ONLY if getattr(req, f)]
+    flags = [f"--{f.replace('_', '-')}" for f in SCPNET_FLAGS if getattr(req, f)]
     if flags and req.method != "scpnet":
         raise CptError(f"{', '.join(flags)} switch parts of SCPNet off; they apply to --method scpnet only.")
     if req.single_positive and req.method == "coop":
@@ -157,7 +156,7 @@ def fit_multilabel(req: FitRequest, run: Path, loaded: tuple[list[MultiLabelTask
     write_csv(run / "skipped.csv", skipped_frame)
     R.save_checkpoint(run, R.checkpoint_payload(method, [t.name for t in tasks], backbone, None, done=True))
     details = {"method": req.method, "backbone": req.backbone, "known ratio": str(req.known_ratio),
-               **{k.replace("_", " "): "yes" for k in (*SCPNET_ONLY, "single_positive") if getattr(req, k)}}
+               **{k.replace("_", " "): "yes" for k in run_flags(asdict(req))}}
     write_multilabel_results(run, f"cpt fit: {req.method} on {', '.join(t.name for t in tasks)}", result, details)
     R.write_config(run, {**config, "status": "finished"})
     log.info("finished: %s", run)

@@ -7,6 +7,16 @@ from pathlib import Path
 
 import pandas as pd
 
+# Boolean options that name a run's variant (report labels, sweep methods like `scpnet+no-prior`);
+# all but single_positive switch parts of SCPNet and apply to --method scpnet only.
+RUN_FLAGS = ("no_prior", "no_gcn", "no_self_training", "single_positive", "finetune_image")
+SCPNET_FLAGS = tuple(f for f in RUN_FLAGS if f != "single_positive")
+
+
+def run_flags(request: dict) -> list[str]:
+    """The variant flags a run's request switched on (runs from older versions may lack some)."""
+    return [f for f in RUN_FLAGS if request.get(f)]
+
 
 @dataclass
 class FitRequest:

@@ -22,20 +22,18 @@ from cpt.console import log  # noqa: E402
 from cpt.errors import CptError  # noqa: E402
 from cpt.fit import fit  # noqa: E402
 from cpt.io import atomic_path, write_csv, write_text  # noqa: E402
-from cpt.options import FitRequest  # noqa: E402
+from cpt.options import RUN_FLAGS, FitRequest  # noqa: E402
 from cpt.report import plot_map_vs_known_ratio  # noqa: E402
-
-FLAGS = ("no_prior", "no_gcn", "no_self_training", "single_positive")
 
 
 def parse_method(label: str) -> tuple[str, dict[str, bool]]:
     """`scpnet+no-prior+no-gcn` -> ("scpnet", {"no_prior": True, "no_gcn": True})."""
     method, *flags = label.split("+")
     options = {f.replace("-", "_"): True for f in flags}
-    unknown = [f for f in options if f not in FLAGS]
+    unknown = [f for f in options if f not in RUN_FLAGS]
     if unknown:
         raise CptError(f"--methods {label}: unknown flag {unknown[0]!r}; flags are "
-                       f"{', '.join(f.replace('_', '-') for f in FLAGS)}.")
+                       f"{', '.join(f.replace('_', '-') for f in RUN_FLAGS)}.")
     return method, options
 
 

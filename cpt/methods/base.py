@@ -60,7 +60,8 @@ class Method(ABC):
     name: ClassVar[str]
     Config: ClassVar[type]
     trains: ClassVar[bool] = False  # runs the gradient train loop
-    uses: ClassVar[tuple[str, ...]] = ()  # training features it needs: "views", "plain", "val"
+    uses: ClassVar[tuple[str, ...]] = ()  # training features it needs: "views", "plain", "val", "strong"
+    multi_label_only: ClassVar[bool] = False  # trains on multi-label targets only
 
     def __init__(self, backbone: Backbone, classnames: list[list[str]], cfg: Any, titles: list[str] | None = None) -> None:
         self.backbone = backbone

@@ -97,6 +97,7 @@ class SCPNet(PromptMethod):
     name = "scpnet"
     Config = SCPNetConfig
     uses = ("views", "strong")
+    multi_label_only = True
 
     def __init__(self, backbone: Backbone, classnames: list[list[str]], cfg: SCPNetConfig,
                  titles: list[str] | None = None) -> None:
