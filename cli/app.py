@@ -4,24 +4,47 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import traceback
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 import pandas as pd
 import typer
 from rich.table import Table
 
+from cpt import __version__
 from cpt.console import console, setup
 from cpt.errors import CptError
+from cpt.methods import METHODS
 
-app = typer.Typer(
-    name="cpt",
-    help="Prompt tuning of CLIP from the shell: zero-shot, linear probe, CoOp and SoftCPT on your image folders or the built-in toy world.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cpt {__version__}")
+        raise typer.Exit()
+
+
+def new_app() -> typer.Typer:
+    """An empty `cpt` app: its help lists the registered methods, and it has --version."""
+    app = typer.Typer(
+        name="cpt",
+        help=f"Prompt tuning of CLIP from the shell. Methods: {', '.join(METHODS)} (`cpt methods` describes them). "
+             "Tasks: your image folders or label files, or the built-in toy world (`cpt data`).",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode="markdown",  # "[default: ...]" in a help text stays text (rich markup would eat it)
+    )
+
+    @app.callback()
+    def main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                   help="Print cpt's version and exit.")] = False) -> None:
+        """Prompt tuning of CLIP from the shell."""
+
+    return app
+
+
+app = new_app()  # the commands other modules register; cpt_cli.main adds `cpt fit` to a fresh copy
 
 
 def command(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -43,6 +66,9 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
                 soft_wrap=True,
             )
             raise typer.Exit(2) from None
+        except BrokenPipeError:  # the reader went away (`cpt predict ... | head`): stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(0) from None
         except typer.Exit:
             raise
         except Exception:  # a bug: show everything

@@ -1,4 +1,4 @@
-"""`cpt bench`: parse options, delegate to cpt.bench, print the figures."""
+"""`cpt bench`: parse options, delegate to cpt.bench.prompt, print the figures."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import typer
 from cpt_cli.app import app, command, emit_json
 from rich.table import Table
 
-from cpt.bench import GEOMETRIES, as_dicts, machine, run_bench
-from cpt.bench_ml import run_scpnet_bench
+from cpt.bench.prompt import GEOMETRIES, as_dicts, machine, run_bench
+from cpt.bench.scpnet import run_scpnet_bench
 from cpt.console import console
 
 

@@ -6,10 +6,10 @@ from typing import Annotated, Optional
 
 import typer
 from cpt_cli.app import app, command, emit_json
-from cpt_datasets.recipes import RECIPES, materialize
 from rich.table import Table
 
 from cpt.console import console
+from cpt.data.recipes import recipes
 from cpt.errors import CptError
 
 
@@ -23,22 +23,23 @@ from cpt.errors import CptError
 """)
 @command
 def data_cmd(
-    name: Annotated[Optional[str], typer.Argument(help=f"A recipe: {', '.join(RECIPES)}.")] = None,
+    name: Annotated[Optional[str], typer.Argument(help="A recipe (`cpt data` lists them).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the task folders as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option(help="No info messages.")] = False,
 ) -> None:
-    """Materialise a dataset recipe (on demand, once) and show its task folders."""
+    """List the recipes usable as --tasks NAME, or materialise one (once) and show its task folders."""
+    known = recipes()
     if name is None:
-        table = Table(title="dataset recipes")
+        table = Table(title="dataset recipes (--tasks NAME)")
         for col in ("name", "kind", "what"):
             table.add_column(col)
-        for recipe in RECIPES.values():
-            table.add_row(recipe.name, "multi-label" if recipe.multi_label else "single-label", recipe.description)
+        for recipe in known.values():
+            table.add_row(recipe.name, recipe.kind, recipe.description)
         console.print(table)
         return
-    if name not in RECIPES:
-        raise CptError(f"There is no recipe {name!r}; recipes: {', '.join(RECIPES)}.")
-    tasks = {task: str(path) for task, path in materialize(name)}
+    if name not in known:
+        raise CptError(f"There is no recipe {name!r}; recipes: {', '.join(known)}.")
+    tasks = {spec.name: spec.path for spec in known[name].tasks(None)}
     if json_out:
         emit_json(tasks)
     elif not quiet:

@@ -1,4 +1,4 @@
-"""`cpt eval`: parse options, delegate to cpt.evaluate."""
+"""`cpt eval`: parse options, delegate to cpt.eval.evaluate."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from cpt_cli.app import app, command, emit_json, show_metrics
 
-from cpt.evaluate import EvalRequest, evaluate_targets
+from cpt.eval.evaluate import EvalRequest, evaluate_targets
 
 
 @app.command("eval", epilog="""Examples:

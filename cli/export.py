@@ -1,4 +1,4 @@
-"""`cpt export`: parse options, delegate to cpt.artifact / cpt.export."""
+"""`cpt export`: parse options, delegate to cpt.deploy.artifact / cpt.deploy.export."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Annotated, Optional
 import typer
 from cpt_cli.app import app, command, emit_json
 
-from cpt import artifact as A
+from cpt.deploy import artifact as A
 from cpt.errors import CptError
-from cpt.export import FORMATS, export
+from cpt.deploy.export import FORMATS, export
 
 
 @app.command("export", epilog="""Examples:

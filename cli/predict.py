@@ -1,4 +1,4 @@
-"""`cpt predict`: parse options, delegate to cpt.predict, stream CSV or JSON lines."""
+"""`cpt predict`: parse options, delegate to cpt.deploy.predict, stream CSV or JSON lines."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Annotated, Optional, TextIO
 import typer
 from cpt_cli.app import app, command
 
-from cpt import artifact as A
+from cpt.deploy import artifact as A
 from cpt.io import atomic_path
-from cpt.predict import list_images, predict
+from cpt.deploy.predict import list_images, predict
 
 
 def _write(rows, fh: TextIO, jsonl: bool) -> int:

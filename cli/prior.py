@@ -1,4 +1,4 @@
-"""`cpt prior`: parse options, delegate to cpt.prior, write the matrices as CSV."""
+"""`cpt prior`: parse options, delegate to cpt.methods.scpnet.prior, write the matrices as CSV."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import pandas as pd
 import typer
 from cpt_cli.app import app, command, emit_json
 
-from cpt.backbone import load_backbone
+from cpt.core.backbone import load_backbone
 from cpt.console import console
-from cpt.data import resolve_tasks
+from cpt.data.tasks import resolve_tasks
 from cpt.errors import CptError
 from cpt.io import write_csv
-from cpt.multilabel import load_multilabel_task
-from cpt.prior import PriorConfig, agreement, cooccurrence, label_prior
+from cpt.data.multilabel import load_multilabel_task
+from cpt.methods.scpnet.prior import PriorConfig, agreement, cooccurrence, label_prior
 
 
 def _classes(tasks: Optional[str], classes: Optional[Path]) -> tuple[list[str], Optional[np.ndarray]]:

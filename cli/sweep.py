@@ -10,7 +10,7 @@ from cpt_cli.app import app, command, emit_json
 
 from cpt.console import console
 from cpt.errors import CptError
-from cpt.options import FitRequest
+from cpt.plan import FitRequest
 from cpt.sweep import sweep
 
 
@@ -34,19 +34,20 @@ def _numbers(text: str, option: str, kind: type = int) -> list:
 def sweep_cmd(
     tasks: Annotated[str, typer.Option(help="As for cpt fit: NAME=PATH[,...], a recipe or a task file.")],
     out: Annotated[Path, typer.Option(help="Folder for the runs, results.csv, table.md and accuracy_vs_shots.png (map_vs_known_ratio.png).")],
-    methods: Annotated[str, typer.Option(help="Comma-separated methods; SCPNet ablations as scpnet+no-prior, scpnet+no-gcn, scpnet+no-self-training.")] = "zeroshot,linear-probe,coop",
+    methods: Annotated[str, typer.Option(help="Comma-separated methods; a method's switches as method+switch, e.g. scpnet+no-prior, coop+class-specific.")] = "zeroshot,linear-probe,coop",
     shots: Annotated[str, typer.Option(help="Comma-separated shot counts (single-label tasks).")] = "1,2,4,8,16",
     known_ratios: Annotated[Optional[str], typer.Option(help="Multi-label tasks: comma-separated known-label ratios (replaces --shots), e.g. 0.1,0.3,0.5,0.7,0.9.")] = None,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "1,2,3",
     backbone: Annotated[str, typer.Option(help="As for cpt fit.")] = "RN50",
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
-    epochs: Annotated[Optional[int], typer.Option(help="Override every method's default epochs.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Override the default epochs of every method that trains.")] = None,
     ctx_init: Annotated[Optional[str], typer.Option(help="Initialise learned contexts from these words, e.g. 'a photo of a' (as cpt fit).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the tidy results as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars or info messages.")] = False,
 ) -> None:
     """Run methods x shots x seeds and gather the results (finished runs are reused)."""
-    base = FitRequest(tasks=tasks, backbone=backbone, device=device, epochs=epochs, ctx_init=ctx_init)
+    options = {k: v for k, v in {"epochs": epochs, "ctx_init": ctx_init}.items() if v is not None}
+    base = FitRequest(tasks=tasks, backbone=backbone, device=device, options=options)
     ratios = _numbers(known_ratios, "--known-ratios", float) if known_ratios else None
     results = sweep(base, [m.strip() for m in methods.split(",") if m.strip()], _numbers(shots, "--shots"),
                     _numbers(seeds, "--seeds"), out, ratios)

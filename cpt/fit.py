@@ -1,180 +1,176 @@
-"""`cpt fit`: tasks -> few-shot sample -> cached features -> method -> checkpoint -> test metrics.
+"""`cpt fit`: tasks -> sampled splits -> cached features -> method -> checkpoint -> test metrics.
 
-The data flow is linear and every stage writes what it produced into the run directory, so
-an interrupted run resumes from its last checkpoint with the same sampled images.
+One pipeline for every task kind (cpt.kinds). A request is resolved into a `Plan` — the
+kind, the method and every config, validated — and the backbone is loaded before the run
+directory exists, so a bad option or file leaves nothing behind. Every stage writes what it
+produced into the run directory, so an interrupted run resumes from its last checkpoint with
+the same sampled images.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
-from cpt_datasets.recipes import RECIPES
 
-from cpt import data as D
 from cpt import run as R
-from cpt.backbone import load_backbone
 from cpt.console import log, log_to_file
-from cpt.errors import CptError
-from cpt.evaluate import evaluate, test_set, write_results
-from cpt.features import AugmentSpec, FeatureCache
-from cpt.fit_ml import fit_multilabel, load_multilabel
+from cpt.core.backbone import load_backbone
+from cpt.data.features import EncodedViews, FeatureCache
+from cpt.data.tasks import Skipped, check_image
+from cpt.eval.evaluate import details, score, split_features
 from cpt.io import write_csv
-from cpt.methods import TaskData, build_method, config_from, method_class
-from cpt.options import FitRequest, FitResult
-from cpt.taskfile import TaskSpec
-from cpt.train import TASK_SAMPLING, TrainConfig, coop_epochs, train
+from cpt.kinds import Task
+from cpt.methods import Method, TaskData
+from cpt.plan import FitRequest, Plan, default_out, plan
+from cpt.train import train
+
+SKIPPED = "skipped.csv"
 
 
-def _load_tasks(
-    req: FitRequest, specs: list[TaskSpec], run: Path, resume: bool
-) -> tuple[list[D.Task], list[D.Skipped]]:
-    """The run's tasks with their sampled splits: re-read on resume, sampled otherwise."""
-    splits = run / R.SPLITS
-    if resume and splits.exists():
-        meta = R.read_config(run)["tasks"]
-        return D.tasks_from_frame(D.read_splits(splits), meta), []
-    tasks, skipped = [], []
-    for spec in specs:
-        task, skip = D.load_spec(spec, req.seed)
-        task, skip2 = D.few_shot(task, req.shots, req.seed)
-        tasks.append(task)
-        skipped += skip + skip2
-    return tasks, skipped
+@dataclass
+class FitResult:
+    run: Path
+    metrics: pd.DataFrame
+    encoded: int  # images encoded by this call (0 when every feature came from the cache)
+    cached: int
+    skipped: int
+    seconds: float
+
+    def summary(self) -> dict:
+        """What `--json` prints."""
+        return {
+            "run": str(self.run),
+            "metrics": self.metrics.to_dict(orient="records"),
+            "images_encoded": self.encoded,
+            "images_from_cache": self.cached,
+            "skipped": self.skipped,
+            "seconds": round(self.seconds, 2),
+        }
 
 
-def _labels(samples: list[D.Sample], keep: torch.Tensor) -> torch.Tensor:
-    return torch.tensor([samples[i].label for i in keep.tolist()], dtype=torch.long)
-
-
-def _check_classes(task: D.Task, labels: torch.Tensor) -> None:
-    missing = [name for c, name in enumerate(task.classnames) if c not in set(labels.tolist())]
-    if missing:
-        raise CptError(
-            f"Task {task.name!r}: class {missing[0]!r} has no readable training image left "
-            f"(see skipped.csv). Add images to that class or remove its folder."
-        )
-
-
-def _task_data(uses: tuple[str, ...], task: D.Task, cache: FeatureCache, aug: AugmentSpec) -> TaskData:
-    """The cached training features `uses` asks for ("views", "plain", "val"); empty otherwise."""
-    dim = cache.backbone.geometry["embed_dim"]
-    train, val = task.splits["train"], task.splits["val"]
-    paths = [s.path for s in train]
-    views = cache.features(paths, aug, f"{task.name}: train views") if "views" in uses else torch.empty(len(train), aug.views, dim)
-    plain = cache.features(paths, None, f"{task.name}: train") if "plain" in uses else torch.empty(len(train), dim)
-    keep = cache.readable([s.path for s in train])
-    labels = _labels(train, keep)
-    if uses:
-        _check_classes(task, labels)
-    if "val" in uses:
-        val_feats = cache.features([s.path for s in val], None, f"{task.name}: val")
-        val_keep = cache.readable([s.path for s in val])
-        val_feats, val_labels = val_feats[val_keep], _labels(val, val_keep)
+def training_data(p: Plan, method: Method, task: Task, cache: FeatureCache, run: Path, seed: int) -> TaskData:
+    """The task's training split as the method needs it: cached views (or views the trainable
+    image encoder encodes every step), plain features, validation features, and the kind's targets."""
+    paths = task.paths("train")
+    targets = p.kind.train_targets(task, p.kind_options, seed, run)
+    augmentations = method.augmentations(p.views)
+    if method.tunes_image():
+        for path in paths:
+            reason = check_image(path)
+            if reason:
+                cache.stats.failed[str(path)] = reason
+        keep = cache.readable(paths)
+        readable = [paths[i] for i in keep.tolist()]
+        views = {k: EncodedViews(cache.backbone, readable, aug) for k, aug in augmentations.items()}
     else:
-        val_feats, val_labels = torch.empty(0, dim), torch.empty(0, dtype=torch.long)
-    return TaskData(task.name, task.classnames, views[keep], plain[keep], labels, val_feats, val_labels)
+        views = {k: cache.features(paths, aug, f"{task.name}: train {k}") for k, aug in augmentations.items()}
+        plain = cache.features(paths, None, f"{task.name}: train") if "plain" in method.uses else None
+        keep = cache.readable(paths)
+        views = {k: v[keep] for k, v in views.items()}
+    dim = cache.backbone.geometry["embed_dim"]
+    kept = targets[keep.numpy()]
+    p.kind.check_training(task, kept)
+    val, val_targets = torch.empty(0, dim), torch.empty(0, dtype=torch.long)
+    if "val" in method.uses:
+        val_paths = task.paths("val")
+        val = cache.features(val_paths, None, f"{task.name}: val")
+        val_keep = cache.readable(val_paths)
+        val, val_targets = val[val_keep], torch.from_numpy(task.targets("val")[val_keep.numpy()]).long()
+    return TaskData(task.name, task.classnames, p.kind, torch.from_numpy(kept).long(),
+                    views.get("views", torch.empty(len(keep), 0, dim)),
+                    plain[keep] if "plain" in method.uses else torch.empty(len(keep), dim),
+                    val, val_targets, views.get("strong"))
 
 
-def _train_config(req: FitRequest, multi_label: bool = False) -> TrainConfig:
-    options = asdict(req)
-    fixed = multi_label or req.method in ("softcpt", "coop-shared")  # 50 epochs, as SoftCPT / DualCoOp
-    options["epochs"] = req.epochs or (50 if fixed else coop_epochs(req.shots))
-    if req.task_sampling not in TASK_SAMPLING:
-        raise CptError(f"--task-sampling {req.task_sampling!r} must be one of {', '.join(TASK_SAMPLING)}.")
-    return config_from(TrainConfig, options)
+def _skipped(tasks: list[Task], failed: dict[str, str], earlier: list[Skipped]) -> pd.DataFrame:
+    """skipped.csv: what loading skipped plus the images that failed to decode, each under its own task."""
+    rows = [asdict(s) for s in earlier]
+    for t in tasks:
+        mine = {str(p) for split in ("train", "val", "test") for p in t.paths(split)}
+        rows += [{"task": t.name, "path": p, "reason": r} for p, r in failed.items() if p in mine]
+    return pd.DataFrame(rows, columns=["task", "path", "reason"]).drop_duplicates(["task", "path"])
+
+
+def _train_or_restore(p: Plan, method: Method, data: list[TaskData], run: Path, checkpoint: dict | None,
+                      backbone: Any, names: list[str]) -> None:
+    """Fit the method (checkpointing every epoch), or restore a run that finished training."""
+    if checkpoint and checkpoint.get("done"):
+        method.load_state(checkpoint["state"])
+    elif method.trains:
+        def save(state: dict) -> None:  # the checkpoint last: it is what --resume trusts
+            write_csv(run / "history.csv", pd.DataFrame(state["history"]))
+            R.save_checkpoint(run, R.checkpoint_payload(method, names, backbone, state, done=False))
+
+        history = train(method, data, p.train, checkpoint["train_state"] if checkpoint else None, save)
+        write_csv(run / "history.csv", pd.DataFrame(history))
+    else:
+        method.fit(data)
+    if method.tunes_image():
+        backbone.mark_image_tuned()  # test features come from the tuned encoder, under their own cache key
+    R.save_checkpoint(run, R.checkpoint_payload(method, names, backbone, None, done=True))
 
 
 def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitResult:
     """Run (or resume) a whole `cpt fit` into `req.out`."""
     t0 = time.perf_counter()
-    method_class(req.method)  # an unknown method fails before anything is read or created
+    config = None
     if resume:
-        run = R.prepare(Path(req.out), resume=True)
-        req = FitRequest(**{**R.read_config(run)["request"], "out": str(run)})
-    # find and read the data before creating the run, so bad input leaves nothing behind
-    specs, multi_label = ([], True) if req.labels else D.resolve_tasks(req.tasks, req.data_root)
-    recipe = RECIPES.get(req.tasks)
-    if req.crop_scale is None:
-        req = replace(req, crop_scale=recipe.crop_scale if recipe and recipe.crop_scale else AugmentSpec.scale[0])
-    if req.strong_augment is None:
-        req = replace(req, strong_augment=recipe.strong_augment if recipe and recipe.strong_augment else "randaugment")
-    if multi_label:
-        loaded = load_multilabel(req, specs)
+        config = R.read_config(Path(req.out))
+        req = FitRequest(**{**config["request"], "out": req.out})
+    p = plan(req)
+    run = Path(req.out or default_out(req))
+    restored = p.kind.restore(run, config["tasks"]) if config else None
+    if restored is not None:
+        tasks, earlier, records = restored, [], config["tasks"]
     else:
-        if method_class(req.method).multi_label_only:
-            raise CptError(f"{req.method} is a multi-label method; give a multi-label task (--labels FILE, a folder with "
-                           "train.csv and test.csv, or toy-ml).")
-        tasks, skipped = _load_tasks(req, specs, Path(req.out), resume)
+        tasks, earlier = p.kind.load(p.specs, p.kind_options, req.seed)
+        records = [p.kind.record(t, s, p.kind_options, req.seed) for t, s in zip(tasks, p.specs)]
+    backbone = load_backbone(req.backbone, req.device, req.precision, req.clip_cache)
+    method = p.method(backbone, [t.classnames for t in tasks], p.method_config, [t.title for t in tasks])
     if not resume:
-        run = R.prepare(Path(req.out), overwrite=overwrite)
+        run = R.prepare(run, overwrite=overwrite)
     handler = log_to_file(run / "fit.log")
     try:
         log.info("%s run %s (method %s)", "resuming" if resume else "starting", run, req.method)
-        if multi_label:
-            return fit_multilabel(req, run, loaded, t0, _train_config(req, multi_label=True), resume)
-        backbone = load_backbone(req.backbone, req.device, req.precision, req.clip_cache)
-        method = build_method(req.method, backbone, [t.classnames for t in tasks], asdict(req), [t.title for t in tasks])
-        train_cfg = _train_config(req)
         config = {
             "command": "fit",
-            "request": asdict(req),
-            "method_config": asdict(method.cfg),
-            "train": asdict(train_cfg) if method.trains else None,
+            "kind": p.kind.name,
+            "request": {**asdict(req), "out": str(run)},
+            "resolved": {"kind": asdict(p.kind_options), "views": asdict(p.views),
+                         "train": asdict(p.train) if p.train else None, "method": asdict(p.method_config)},
             "backbone": backbone.describe(),
-            "tasks": [{"name": t.name, "title": t.title, "source": t.source, "classnames": t.classnames,
-                       "metric": s.metric} for t, s in zip(tasks, specs)],
+            "tasks": records,
             "status": "running",
         }
         R.write_config(run, config)
         cache = FeatureCache(backbone, Path(req.cache_dir) if req.cache_dir else None, req.encode_batch_size)
-        aug = AugmentSpec(views=req.aug_views, scale=(req.crop_scale, 1.0))
-        train_data = [_task_data(method.uses, t, cache, aug) for t in tasks]
-        tests = [test_set(t, cache) for t in tasks]
-        skipped += [D.Skipped(t.name, p, r) for t in tasks for p, r in cache.stats.failed.items() if _in_task(t, p)]
-        if not (resume and (run / "skipped.csv").exists()):
-            write_csv(run / "skipped.csv", pd.DataFrame([asdict(s) for s in skipped], columns=["task", "path", "reason"]))
-        for s in skipped:
+        if resume and (run / SKIPPED).exists():
+            earlier = [Skipped(**r) for r in pd.read_csv(run / SKIPPED, dtype=str, keep_default_na=False).to_dict("records")]
+        data = [training_data(p, method, t, cache, run, req.seed) for t in tasks] if method.uses else []
+        if not method.tunes_image():  # the tuned encoder's test features only exist after training
+            split_features(tasks, cache)
+        skipped = _skipped(tasks, cache.stats.failed, earlier)
+        write_csv(run / SKIPPED, skipped)
+        for s in skipped.itertuples():
             log.warning("skipped %s (%s): %s", s.path, s.task, s.reason)
-        write_csv(run / R.SPLITS, D.splits_frame(_without(tasks, cache.stats.failed)))
-        checkpoint = R.load_checkpoint(run) if resume else None
-        if checkpoint and checkpoint.get("done"):
-            method.load_state(checkpoint["state"])
-        elif method.trains:
-            train_state = checkpoint["train_state"] if checkpoint else None
-
-            def save(state: dict) -> None:  # the checkpoint last: it is what --resume trusts
-                write_csv(run / "history.csv", pd.DataFrame(state["history"]))
-                R.save_checkpoint(run, R.checkpoint_payload(method, [t.name for t in tasks], backbone, state, done=False))
-
-            history = train(method, train_data, train_cfg, train_state, save)
-            write_csv(run / "history.csv", pd.DataFrame(history))
-        else:
-            method.fit(train_data)
-        R.save_checkpoint(run, R.checkpoint_payload(method, [t.name for t in tasks], backbone, None, done=True))
-        predictions = evaluate(method.classifiers(), tests)
-        details = {"method": req.method, "backbone": req.backbone, "shots": str(req.shots), "seed": str(req.seed)}
-        headline = {t.name: s.metric for t, s in zip(tasks, specs)}
-        metrics = write_results(run, predictions, "test", f"cpt fit: {req.method} on {', '.join(t.name for t in tasks)}",
-                                details, headline)
+        p.kind.save(run, tasks, cache.stats.failed)
+        names = [t.name for t in tasks]
+        _train_or_restore(p, method, data, run, R.load_checkpoint(run) if resume else None, backbone, names)
+        headline = {r["name"]: r.get("metric", "accuracy") for r in records}
+        evaluation = p.kind.evaluate(score(tasks, method.classifiers(), cache), "test", headline)
+        p.kind.write(run, f"cpt fit: {req.method} on {', '.join(names)}", evaluation, details(config))
+        skipped = _skipped(tasks, cache.stats.failed, earlier)
+        write_csv(run / SKIPPED, skipped)
         R.write_config(run, {**config, "status": "finished"})
         log.info("finished: %s", run)
-        return FitResult(run, metrics, cache.stats.encoded, cache.stats.cached, len(skipped), time.perf_counter() - t0)
+        return FitResult(run, evaluation.metrics, cache.stats.encoded, cache.stats.cached, len(skipped),
+                         time.perf_counter() - t0)
     finally:
         log.removeHandler(handler)
         handler.close()
 
-
-def _in_task(task: D.Task, path: str) -> bool:
-    return any(str(s.path) == path for split in task.splits.values() for s in split)
-
-
-def _without(tasks: list[D.Task], failed: dict[str, str]) -> list[D.Task]:
-    """The tasks with the images that failed to decode removed (what splits.csv records)."""
-    return [
-        D.Task(t.name, t.classnames, {k: [s for s in v if str(s.path) not in failed] for k, v in t.splits.items()}, t.source, t.title)
-        for t in tasks
-    ]

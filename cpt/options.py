@@ -1,104 +1,98 @@
-"""What a `cpt fit` call asks for and what it returns (shared by the single- and multi-label paths)."""
+"""Options are declared once, as fields of config dataclasses.
+
+`option(default, help, ...)` makes a dataclass field that is also a command-line option
+`--<name-with-dashes>`: its type, default, help, help panel and valid values live in that
+one declaration. The CLI builds its flags from these declarations, `cpt methods` lists them,
+`Options.__post_init__` validates them, and config.json records the resolved dataclasses.
+Fields made with plain `dataclasses.field` (or a bare default) are internal settings.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
+import math
+import typing
+from dataclasses import MISSING, Field, dataclass, field, fields
+from typing import Any, Sequence
 
-import pandas as pd
-
-# Boolean options that name a run's variant (report labels, sweep methods like `scpnet+no-prior`);
-# all but single_positive switch parts of SCPNet and apply to --method scpnet only.
-RUN_FLAGS = ("no_prior", "no_gcn", "no_self_training", "single_positive", "finetune_image")
-SCPNET_FLAGS = tuple(f for f in RUN_FLAGS if f != "single_positive")
+from cpt.errors import CptError
 
 
-def run_flags(request: dict) -> list[str]:
-    """The variant flags a run's request switched on (runs from older versions may lack some)."""
-    return [f for f in RUN_FLAGS if request.get(f)]
+def option(default: Any, help: str, *, panel: str | None = None, choices: Sequence[str] | None = None,
+           low: float | None = None, high: float | None = None, above: bool = False) -> Any:
+    """A config field that is also the option `--<name>`.
+
+    `choices` lists the valid strings; `low`/`high` bound numbers (`above`: strictly above `low`).
+    """
+    meta = {"help": help, "panel": panel, "choices": tuple(choices) if choices else None,
+            "low": low, "high": high, "above": above}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def flag(name: str) -> str:
+    """The command-line spelling of option `name`."""
+    return "--" + name.replace("_", "-")
+
+
+def declared(cls: type) -> list[Field]:
+    """The fields of config dataclass `cls` that are options (made with `option`)."""
+    return [f for f in fields(cls) if "help" in f.metadata]
+
+
+def option_type(cls: type, name: str) -> Any:
+    """The resolved type hint of field `name` of `cls`."""
+    return typing.get_type_hints(cls)[name]
+
+
+def default_of(f: Field) -> Any:
+    """A field's default value."""
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
+def _range_text(meta: dict) -> str:
+    low, high = meta["low"], meta["high"]
+    if low is not None and high is not None:
+        return f"between {low:g} and {high:g}" if not meta["above"] else f"above {low:g} and at most {high:g}"
+    if low is not None:
+        return f"above {low:g}" if meta["above"] else f"at least {low:g}"
+    return f"at most {high:g}"
+
+
+def check_value(f: Field, value: Any) -> None:
+    """Refuse a value outside the field's declared choices or range (one paragraph, exit 2)."""
+    meta = f.metadata
+    if value is None or isinstance(value, bool):
+        return
+    if meta.get("choices") and value not in meta["choices"]:
+        raise CptError(f"{flag(f.name)} {value!r} is not valid; choose one of {', '.join(meta['choices'])}.")
+    if isinstance(value, (int, float)):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise CptError(f"{flag(f.name)} must be a finite number (got {value}).")
+        low, high = meta.get("low"), meta.get("high")
+        bad = (low is not None and (value <= low if meta.get("above") else value < low)) or (
+            high is not None and value > high)
+        if bad:
+            raise CptError(f"{flag(f.name)} {value:g} is out of range: it must be {_range_text(meta)}.")
 
 
 @dataclass
-class FitRequest:
-    """Every option of `cpt fit`; saved in config.json so `--resume` rebuilds the same run."""
-
-    method: str = "coop"
-    tasks: str = ""
-    data_root: str | None = None  # where benchmark suites (general10, plant6, fashion20) live
-    out: str = ""
-    shots: int = 16
-    known_ratio: float = 1.0  # multi-label: share of training label entries kept known
-    labels: str | None = None  # multi-label label file (CSV, COCO JSON, VOC) instead of --tasks
-    images: str | None = None  # its image root
-    test_labels: str | None = None  # None: a seeded split of --labels
-    unknown_value: int = -1  # wide CSV: the cell meaning unknown (-1; or 0, with -1 negative)
-    mask: str | None = None  # reuse a saved known-entry mask instead of drawing one
-    single_positive: bool = False  # keep one positive per training image
-    seed: int = 1
-    backbone: str = "RN50"
-    device: str = "auto"
-    precision: str = "fp32"
-    cache_dir: str | None = None
-    clip_cache: str | None = None
-    epochs: int | None = None  # None: CoOp's budget for the number of shots (50 for softcpt, coop-shared)
-    batch_size: int = 32
-    lr: float = 0.002
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
-    task_sampling: str = "proportional"
-    variant: str = "nata"  # SoftCPT
-    task_n_ctx: int = 4  # SoftCPT
-    class_n_ctx: int = 4  # SoftCPT class-feature variants
-    class_sample_rate: float = 0.0
-    amp: bool = False
-    grad_checkpoint: bool = False
-    n_ctx: int | None = None  # None: the method's (16 for CoOp, 4 for SCPNet)
-    ctx_init: str | None = None  # None: the method's ("" for CoOp, "a photo of a" for SCPNet)
-    class_specific: bool = False
-    position: str = "end"
-    templates: list[str] = field(default_factory=list)
-    aug_views: int = 8
-    crop_scale: float | None = None  # smallest random-resized-crop area; None: the recipe's or CoOp's 0.08
-    encode_batch_size: int = 64
-    # SCPNet (None: the method's default)
-    no_prior: bool = False
-    no_gcn: bool = False
-    no_self_training: bool = False
-    finetune_image: bool = False
-    strong_augment: str | None = None  # None: the recipe's, else "randaugment"
-    image_lr_scale: float | None = None
-    logit_scale: float | None = None
-    lambda_u: float | None = None
-    kl_lambda: float | None = None
-    p_cutoff: float | None = None
-    hard_k: int | None = None
-    topk: int | None = None
-    reweight_p: float | None = None
-    temperature: float | None = None
-    prior_template: str | None = None
+class Options:
+    """Base of every config dataclass: checks each declared option's value after init."""
 
     def __post_init__(self) -> None:
-        if self.n_ctx is not None and self.ctx_init is None:
-            self.ctx_init = ""  # an explicit context length means random initialisation
+        for f in declared(type(self)):
+            check_value(f, getattr(self, f.name))
 
 
-@dataclass
-class FitResult:
-    run: Path
-    metrics: pd.DataFrame
-    encoded: int  # images encoded by this call (0 when every feature came from the cache)
-    cached: int
-    skipped: int
-    seconds: float
+def build(cls: type, values: dict[str, Any]) -> Any:
+    """Config `cls` from the entries of `values` it has fields for (None keeps the default)."""
+    names = {f.name for f in fields(cls)}
+    if hasattr(cls, "adjust"):  # a config's rule for how options given together read
+        values = cls.adjust(values)
+    return cls(**{k: v for k, v in values.items() if k in names and v is not None})
 
-    def summary(self) -> dict:
-        """What `--json` prints."""
-        return {
-            "run": str(self.run),
-            "metrics": self.metrics.to_dict(orient="records"),
-            "images_encoded": self.encoded,
-            "images_from_cache": self.cached,
-            "skipped": self.skipped,
-            "seconds": round(self.seconds, 2),
-        }
+
+def option_names(classes: Sequence[type]) -> set[str]:
+    """The option names the config classes declare."""
+    return {f.name for cls in classes for f in declared(cls)}

@@ -13,31 +13,46 @@ from pathlib import Path
 import torch
 
 from cpt import __version__
+from cpt.console import log
+from cpt.core.backbone import Backbone, load_backbone
 from cpt.errors import CptError
 from cpt.io import save_torch, write_json
+from cpt.methods import Method, build_method
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"
-SPLITS = "splits.csv"
 
 
-def prepare(out: Path, overwrite: bool = False, resume: bool = False) -> Path:
-    """Create `out`, refusing to write into an existing run unless told to resume or overwrite."""
+def is_run(folder: Path) -> bool:
+    """Whether `folder` holds a run this cpt can read (a readable config.json of its own)."""
+    try:
+        read_config(folder)
+    except CptError:
+        return False
+    return True
+
+
+def prepare(out: Path, overwrite: bool = False) -> Path:
+    """Create the run directory `out`. An existing run is replaced only with `overwrite`; a folder
+    that is not a cpt run is never deleted; a folder holding only a log of a failed start is reused."""
     out = Path(out)
-    if resume:
-        if not (out / CONFIG).exists():
-            raise CptError(f"--resume {out}: there is no cpt run there (no {CONFIG}). Check the path.")
-        return out
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and not out.is_dir():
+        raise CptError(f"--out {out} is a file; give a folder for the run (it is created if missing).")
+    leftovers = [p for p in out.iterdir() if p.name != "fit.log" and not p.name.startswith(".")] if out.exists() else []
+    if leftovers:
+        if not is_run(out):
+            raise CptError(f"{out} is not empty and is not a cpt run: cpt does not write into it or delete it. "
+                           "Choose another --out.")
         if not overwrite:
             raise CptError(
                 f"The run directory {out} already exists. Use --resume {out} to continue that run, "
                 "--overwrite to replace it, or choose another --out."
             )
-        if not (out / CONFIG).exists():
-            raise CptError(f"--overwrite refuses to delete {out}: it is not empty and holds no cpt run ({CONFIG}).")
         shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CptError(f"cpt cannot create the run directory {out} ({exc.strerror or exc}); choose another --out.") from exc
     return out
 
 
@@ -59,11 +74,18 @@ def write_config(run: Path, config: dict) -> None:
 
 
 def read_config(run: Path) -> dict:
-    """config.json of a run, or a clear error when `run` is not a run directory."""
+    """config.json of a run, or a clear error when `run` is not a run directory of this cpt."""
     path = Path(run) / CONFIG
     if not path.exists():
         raise CptError(f"{run} is not a cpt run directory (no {CONFIG}); pass the folder `cpt fit --out` wrote.")
-    return json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CptError(f"{path} is damaged ({exc}); restore it, or re-run the fit with --overwrite.") from exc
+    if not isinstance(config, dict) or not {"request", "tasks", "kind", "resolved"} <= set(config):
+        raise CptError(f"{path} was not written by this version of cpt (it lacks the run's kind and resolved "
+                       "options); re-run the fit to get a run this cpt can read.")
+    return config
 
 
 def checkpoint_payload(method, tasks: list[str], backbone, train_state: dict | None, done: bool) -> dict:
@@ -86,8 +108,33 @@ def save_checkpoint(run: Path, payload: dict) -> None:
 
 
 def load_checkpoint(run: Path) -> dict | None:
-    """The run's checkpoint, or None if it has none yet."""
+    """The run's checkpoint, or None if it has none yet. Loaded code-free (`weights_only=True`):
+    a checkpoint.pt from someone else cannot run code."""
     path = Path(run) / CHECKPOINT
     if not path.exists():
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for damaged or foreign files
+        raise CptError(f"{path} is damaged or not a cpt checkpoint ({type(exc).__name__}: {str(exc)[:200]}). "
+                       "Re-run the fit with --overwrite, or restore the file.") from exc
+
+
+def load_run(run: Path, device: str | None = None, precision: str | None = None, clip_cache: str | None = None,
+             overrides: dict | None = None) -> tuple[dict, Backbone, Method]:
+    """A finished run's config, its backbone and its method with the learned state loaded;
+    `overrides` replace resolved method options (e.g. another zero-shot template)."""
+    config = read_config(run)
+    checkpoint = load_checkpoint(run)
+    if not checkpoint or not checkpoint.get("done"):
+        raise CptError(f"The run {run} has not finished training; finish it with `cpt fit --resume {run}`.")
+    request = config["request"]
+    backbone = load_backbone(request["backbone"], device or request["device"], precision or request["precision"],
+                             clip_cache or request.get("clip_cache"))
+    if backbone.checksum != config["backbone"]["sha256"]:
+        log.warning("the backbone's checksum differs from the one run %s was trained with", run)
+    options = {**config["resolved"]["method"], **(overrides or {})}
+    method = build_method(request["method"], backbone, [t["classnames"] for t in config["tasks"]], options,
+                          [t["title"] for t in config["tasks"]])
+    method.load_state(checkpoint["state"])
+    return config, backbone, method

@@ -1,39 +1,42 @@
 """`cpt sweep`: methods x shots (or x known ratios, multi-label) x seeds of `cpt fit`, gathered
 into one tidy CSV, a table and a plot.
 
-A method may carry SCPNet ablation flags, e.g. `scpnet+no-prior`. Every combination runs into
-OUT/<method>-<shots>shot-seed<seed>/ (or OUT/<method>-known<ratio>-seed<seed>/); finished runs
-are reused, so an interrupted sweep continues where it stopped.
+A method may carry any of its boolean options, e.g. `scpnet+no-prior` or `coop+class-specific`.
+Every combination runs into OUT/<method>-<shots>shot-seed<seed>/ (or OUT/<method>-known<ratio>-seed<seed>/);
+finished runs are reused, so an interrupted sweep continues where it stopped.
 """
 
 from __future__ import annotations
 
+import typing
 from dataclasses import replace
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+from cpt import run as R
+from cpt.console import log
+from cpt.errors import CptError
+from cpt.eval.report import AXIS_PLOTS, plot_against
+from cpt.fit import fit
+from cpt.plan import FitRequest, option_classes, task_kind
+from cpt.io import write_csv, write_text
+from cpt.kinds import TaskKind
+from cpt.methods import method_class
+from cpt.options import declared, flag, option_names
 
-from cpt import run as R  # noqa: E402
-from cpt.console import log  # noqa: E402
-from cpt.errors import CptError  # noqa: E402
-from cpt.fit import fit  # noqa: E402
-from cpt.io import atomic_path, write_csv, write_text  # noqa: E402
-from cpt.options import RUN_FLAGS, FitRequest  # noqa: E402
-from cpt.report import plot_map_vs_known_ratio  # noqa: E402
 
-
-def parse_method(label: str) -> tuple[str, dict[str, bool]]:
-    """`scpnet+no-prior+no-gcn` -> ("scpnet", {"no_prior": True, "no_gcn": True})."""
+def parse_method(label: str, kind: TaskKind) -> tuple[str, dict[str, bool]]:
+    """`scpnet+no-prior+no-gcn` -> ("scpnet", {"no_prior": True, "no_gcn": True}): the method's
+    boolean options (from its declarations) on tasks of `kind`."""
     method, *flags = label.split("+")
+    classes = option_classes(method_class(method), kind)
+    switches = {f.name for cls in classes for f in declared(cls) if typing.get_type_hints(cls)[f.name] is bool}
     options = {f.replace("-", "_"): True for f in flags}
-    unknown = [f for f in options if f not in RUN_FLAGS]
+    unknown = [f for f in options if f not in switches]
     if unknown:
-        raise CptError(f"--methods {label}: unknown flag {unknown[0]!r}; flags are "
-                       f"{', '.join(f.replace('_', '-') for f in RUN_FLAGS)}.")
+        raise CptError(f"--methods {label}: {flag(unknown[0])} is not a switch of {method}; its switches are "
+                       f"{', '.join(flag(s)[2:] for s in sorted(switches))}.")
     return method, options
 
 
@@ -41,40 +44,50 @@ def sweep(base: FitRequest, methods: list[str], shots: list[int], seeds: list[in
           known_ratios: list[float] | None = None) -> pd.DataFrame:
     """Run (or reuse) every combination; returns the tidy results (one row per run, task, metric).
 
-    With `known_ratios` the second axis is the known-label ratio (multi-label tasks) instead of shots.
+    The second axis is the tasks' kind's: shots (single-label) or known ratios (multi-label).
+    `base.options` apply to each method they are an option of.
     """
-    axis, values = ("known_ratio", known_ratios) if known_ratios else ("shots", shots)
+    kind = task_kind(base)[0]
+    axis = kind.axis
+    values = known_ratios if axis == "known_ratio" else shots
+    if not methods or not seeds or not values:
+        raise CptError("--methods, --seeds and --shots (or --known-ratios) each need at least one value.")
+    if known_ratios and axis != "known_ratio":
+        raise CptError("--known-ratios applies to multi-label tasks; these tasks are single-label (use --shots).")
     frames = []
     for label in methods:
-        method, flags = parse_method(label)
+        method, flags = parse_method(label, kind)
+        shared = {k: v for k, v in base.options.items() if k in option_names(option_classes(method_class(method), kind))}
         for value in values:
             for seed in seeds:
                 stem = f"known{value:g}" if axis == "known_ratio" else f"{value}shot"
                 run = out / f"{label}-{stem}-seed{seed}"
-                done = (run / R.CONFIG).exists() and R.read_config(run).get("status") == "finished"
+                done = R.is_run(run) and R.read_config(run).get("status") == "finished"
                 if not done:
                     log.info("sweep: %s, %s %s, seed %d", label, axis, value, seed)
-                    fit(replace(base, method=method, seed=seed, out=str(run), **{axis: value}, **flags), overwrite=True)
+                    options = {**shared, axis: value, **flags}
+                    fit(replace(base, method=method, seed=seed, out=str(run), options=options), overwrite=True)
                 frames.append(pd.read_csv(run / "metrics.csv").assign(method=label, **{axis: value}, seed=seed))
     results = pd.concat(frames, ignore_index=True)
     write_csv(out / "results.csv", results)
-    summary = headline(results, axis)
+    summary = headline(results, kind)
     write_text(out / "table.md", table(summary, methods, axis))
-    if axis == "known_ratio":
-        per_run = results[results.metric == "mAP"].groupby(["method", "known_ratio", "seed"], as_index=False)["value"].mean()
-        plot_map_vs_known_ratio(per_run.rename(columns={"method": "label", "value": "mAP"}), out / "map_vs_known_ratio.png")
-    else:
-        plot(summary, methods, out / "accuracy_vs_shots.png")
+    per_run = per_run_headline(results, kind).rename(columns={"method": "label"})
+    plot_against(per_run, axis, out / AXIS_PLOTS[axis][0])
     return results
 
 
-def headline(results: pd.DataFrame, axis: str = "shots") -> pd.DataFrame:
-    """Mean and std over seeds of each run's headline metric (mAP for multi-label; accuracy or mean
-    per-class accuracy per task otherwise) averaged over its tasks."""
-    metric = "mAP" if axis == "known_ratio" else "headline"
-    rows = results[(results.metric == metric) & (results.task != "mean")]
-    per_run = rows.groupby(["method", axis, "seed"], as_index=False)["value"].mean()
-    return per_run.groupby(["method", axis])["value"].agg(["mean", "std"]).fillna(0.0).reset_index()
+def per_run_headline(results: pd.DataFrame, kind: TaskKind) -> pd.DataFrame:
+    """Each run's (method, axis value, seed) headline metric, averaged over its tasks: mAP for
+    multi-label, each task's headline accuracy (accuracy or mean per-class accuracy) otherwise."""
+    rows = results[(results.metric == kind.headline) & (results.task != "mean")]
+    return rows.groupby(["method", kind.axis, "seed"], as_index=False, sort=False)["value"].mean()
+
+
+def headline(results: pd.DataFrame, kind: TaskKind) -> pd.DataFrame:
+    """Mean and std over seeds of each run's headline metric."""
+    per_run = per_run_headline(results, kind)
+    return per_run.groupby(["method", kind.axis])["value"].agg(["mean", "std"]).fillna(0.0).reset_index()
 
 
 def _column(axis: str, value) -> str:
@@ -92,19 +105,3 @@ def table(summary: pd.DataFrame, methods: list[str], axis: str = "shots") -> str
         cells = [f"{rows.loc[v, 'mean']:.1f} ± {rows.loc[v, 'std']:.1f}" if v in rows.index else "" for v in values]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def plot(summary: pd.DataFrame, methods: list[str], path: Path) -> None:
-    """Accuracy against shots, one line per method, seed spread as error bars."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method in methods:
-        rows = summary[summary.method == method]
-        ax.errorbar(rows.shots, rows["mean"], yerr=rows["std"], marker="o", capsize=3, label=method)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(sorted(summary.shots.unique()), [str(s) for s in sorted(summary.shots.unique())])
-    ax.set_xlabel("shots per class")
-    ax.set_ylabel("mean accuracy (%)")
-    ax.legend()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)

@@ -19,35 +19,31 @@ import torch
 from cpt.console import log, track
 from cpt.errors import CptError
 from cpt.methods.base import PromptMethod, TaskData
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings; defaults follow CoOp (SGD, cosine, one constant warm-up epoch)."""
-
-    epochs: int = 50
-    batch_size: int = 32
-    lr: float = 0.002
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
-    seed: int = 0
-    task_sampling: str = "proportional"  # or "balanced": every batch draws tasks uniformly
-    class_sample_rate: float = 0.0  # approximate: per step, the batch's classes plus this share of the others
-    amp: bool = False  # approximate: bf16 autocast of the forward pass
+from cpt.options import Options, option
 
 
 TASK_SAMPLING = ("proportional", "balanced")
+PANEL = "Training"
 
 
-def coop_epochs(shots: int) -> int:
-    """CoOp's epoch budget by shots: 50 for 1 shot, 100 for 2-4, 200 for 8+ (and for all data)."""
-    if shots == 1:
-        return 50
-    if 2 <= shots <= 4:
-        return 100
-    return 200
+@dataclass
+class TrainConfig(Options):
+    """Optimisation settings; defaults follow CoOp (SGD, cosine, one constant warm-up epoch)."""
+
+    epochs: int | None = option(None, "Training epochs [default: the method's: CoOp by shots 50/100/200; 50 for "
+                                "softcpt, coop-shared, scpnet and multi-label tasks].", panel=PANEL, low=1)
+    batch_size: int = option(32, "Training batch size.", panel=PANEL, low=1)
+    lr: float = option(0.002, "SGD learning rate.", panel=PANEL, low=0, above=True)
+    momentum: float = option(0.9, "SGD momentum.", panel=PANEL, low=0, high=1)
+    weight_decay: float = option(5e-4, "SGD weight decay.", panel=PANEL, low=0)
+    warmup_epochs: int = option(1, "Epochs at the constant warm-up rate 1e-5.", panel=PANEL, low=0)
+    task_sampling: str = option("proportional", "Batches mix tasks in proportion to their images, or 'balanced'.",
+                                panel=PANEL, choices=TASK_SAMPLING)
+    class_sample_rate: float = option(0.0, "Approximate: per step, encode the batch's classes plus this share of the "
+                                      "others (0 = all).", panel=PANEL, low=0, high=1)
+    amp: bool = option(False, "Approximate: bf16 autocast of the training forward pass (GPU).", panel=PANEL)
+    warmup_lr: float = 1e-5
+    seed: int = 0
 
 
 def lr_at(epoch: int, cfg: TrainConfig) -> float:
@@ -60,7 +56,7 @@ def lr_at(epoch: int, cfg: TrainConfig) -> float:
 def _epoch_batches(data: list[TaskData], cfg: TrainConfig, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(task index, sample index) pairs of each batch of one epoch, shuffled under (seed, epoch)."""
     gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-    sizes = torch.tensor([len(d.train_labels) for d in data])
+    sizes = torch.tensor([len(d.targets) for d in data])
     if cfg.task_sampling == "balanced":  # as many draws as images, each task equally likely
         task_ids = torch.randint(0, len(data), (int(sizes.sum()),), generator=gen)
         sample_ids = (torch.rand(len(task_ids), generator=gen) * sizes[task_ids]).long()
@@ -119,7 +115,7 @@ def train(
                     rows = picks[task_ids == t]
                     classes = None
                     if cfg.class_sample_rate > 0:
-                        labels = data[t].train_labels[rows[:, 0]]
+                        labels = data[t].targets[rows[:, 0]]
                         classes = sample_classes(labels, len(data[t].classnames), cfg.class_sample_rate, class_gen)
                     # per-task parameters: each task's mean, as if trained alone; shared ones
                     # (SoftCPT, CoOp-MT): the mean over the whole mixed batch, as SoftCPT's reference

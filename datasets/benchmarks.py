@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cpt.errors import CptError
 from cpt.io import write_json
-from cpt.taskfile import TaskSpec
+from cpt.data.taskfile import TaskSpec
 
 COOP_DATASETS = "https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"
 SOFTCPT_PAPER = "https://arxiv.org/abs/2208.13474"  # Plant-6's download links are in the paper
@@ -36,7 +36,7 @@ class BenchmarkTask:
     split: str | None  # CoOp split JSON in folder; None: images is a folder of class folders
     images: str  # image root (or class-folder root), relative to folder
     title: str  # task name in SoftCPT's task prompt
-    metric: str  # headline metric, one of cpt.taskfile.METRICS
+    metric: str  # headline metric, one of cpt.data.taskfile.METRICS
     url: str  # where to get it
     needs: tuple[str, ...] = ()  # further files or folders in folder that must exist
     make_split: Callable[[Path], dict] | None = None  # writes `split` from folder's files when absent
@@ -138,6 +138,12 @@ BENCHMARKS: dict[str, list[BenchmarkTask]] = {
         BenchmarkTask("fashion20", "fashion20", None, "images", "", MPCA, SOFTCPT_README,
                       needs=("task_info.csv",), expand=_fashion20_tasks),
     ],
+}
+
+DESCRIPTIONS = {
+    "general10": "SoftCPT's General-10: CoOp's datasets minus ImageNet (1,191 classes), from --data-root",
+    "plant6": "SoftCPT's Plant-6: six plant recognition datasets, from --data-root",
+    "fashion20": "SoftCPT's Fashion-20 (not public): 20 fashion tasks listed in task_info.csv, from --data-root",
 }
 
 NOTES = {

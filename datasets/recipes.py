@@ -9,14 +9,16 @@ themes, so a label-to-label prior carries information.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
+from cpt_datasets import benchmarks as B
 from cpt_datasets import toy_world as W
 
+from cpt.data.recipes import Recipe, register
+from cpt.data.taskfile import TaskSpec
 from cpt.io import cache_root, write_text
 
 VERSION = "v3"  # bump when the generator changes, so stale materialisations are not reused
@@ -36,16 +38,6 @@ THEMES = [  # (colours, shapes, textures) that tend to appear together in toy-ml
     (["pink", "purple"], ["circle", "star", "square"], ["plain", "dotted"]),
 ]
 TOY_ML_LABELS = [*W.SHAPES, *W.COLOURS, *(f"{t}_background" for t in W.TEXTURES)]
-
-
-@dataclass(frozen=True)
-class Recipe:
-    name: str
-    description: str
-    multi_label: bool
-    build: Callable[[Path, int], list[tuple[str, Path]]]  # (root, seed) -> [(task name, path)]
-    crop_scale: float | None = None  # the recipe's default for --crop-scale, where CoOp's 0.08 does not fit
-    strong_augment: str | None = None  # the recipe's default for --strong-augment, where labels are colours
 
 
 def _scene(rng: np.random.Generator, fixed: dict) -> W.Scene:
@@ -124,25 +116,34 @@ def materialize_toy_ml(root: Path, seed: int = 0, n: dict[str, int] | None = Non
     return [("toy-ml", folder)]
 
 
-RECIPES: dict[str, Recipe] = {
-    r.name: r
-    for r in (
-        # 32 px scenes of a few small objects: a random crop can cut away what is counted or
-        # measured, so the toy suite trains on flipped full views by default
-        Recipe("toy", "toy world: shape (6), colour (8), count (4), size (2) classes", False, materialize_toy, 1.0),
-        Recipe("toy-ml", "toy world, multi-label: 18 co-occurring labels (shapes, colours, backgrounds)", True,
-               materialize_toy_ml, 1.0, "colour-safe"),
-    )
-}
-
-
 def data_root() -> Path:
     """Where recipes materialise: <cache>/data/<version>."""
     return cache_root() / "data" / VERSION
+
+
+BUILDERS: dict[str, Callable[[Path, int], list[tuple[str, Path]]]] = {"toy": materialize_toy, "toy-ml": materialize_toy_ml}
 
 
 def materialize(name: str, seed: int = 0) -> list[tuple[str, Path]]:
     """Materialise recipe `name` (once) and return its (task, path) pairs."""
     root = data_root() / f"seed{seed}"
     root.mkdir(parents=True, exist_ok=True)
-    return RECIPES[name].build(root, seed)
+    return BUILDERS[name](root, seed)
+
+
+def _specs(name: str) -> Callable[[Path | None], list[TaskSpec]]:
+    return lambda _root: [TaskSpec(task, str(path)) for task, path in materialize(name)]
+
+
+def register_all() -> None:
+    """Entry point of the `cpt.recipes` group: the toy recipes and the SoftCPT benchmark suites."""
+    # 32 px scenes of a few small objects: a random crop can cut away what is counted or
+    # measured, so the toy recipes train on flipped full views by default; toy-ml's labels
+    # include colours, so its strong views leave out the hue-shifting operations
+    register(Recipe("toy", "toy world: shape (6), colour (8), count (4), size (2) classes", "single-label",
+                    _specs("toy"), {"crop_scale": 1.0}, materialised=True))
+    register(Recipe("toy-ml", "toy world, multi-label: 18 co-occurring labels (shapes, colours, backgrounds)",
+                    "multi-label", _specs("toy-ml"), {"crop_scale": 1.0, "strong_augment": "colour-safe"},
+                    materialised=True))
+    for name, description in B.DESCRIPTIONS.items():
+        register(Recipe(name, description, "single-label", lambda root, name=name: B.benchmark_specs(name, root)))

@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from clip.model import CLIP
 from cpt_datasets import recipes, toy_world
 
-from cpt.backbone import CLIP_MEAN, CLIP_STD
-from cpt.text import tokenizer, word_ids
+from cpt.core.backbone import CLIP_MEAN, CLIP_STD
+from cpt.core.text import tokenizer, word_ids
 
 GEOMETRY = dict(
     embed_dim=64, image_resolution=32, vision_layers=4, vision_width=128, vision_patch_size=8,

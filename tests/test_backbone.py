@@ -4,9 +4,9 @@ import pytest
 import torch
 from clip.model import convert_weights
 
-from cpt.backbone import file_sha256, load_backbone
+from cpt.core.backbone import file_sha256, load_backbone
 from cpt.errors import CptError
-from cpt.text import encode_tokens, tokenize
+from cpt.core.text import encode_tokens, tokenize
 from tests.conftest import TINY_VIT, make_clip
 
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from cpt.prompt import ClassPrompts, PromptConfig, init_context
+from cpt.core.prompt import ClassPrompts, PromptConfig, init_context
 from cpt.train import sample_classes
 from tests.conftest import TINY_VIT, make_clip
 from tests.test_cli_fit import accuracy, cli, fit_json

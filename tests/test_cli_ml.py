@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cpt.backbone import Preprocess
-from cpt.features import eval_transform
+from cpt.core.backbone import Preprocess
+from cpt.data.features import eval_transform
 from tests.conftest import COLOURS, write_image
 from tests.test_cli_fit import cli, fit_json, interrupt_after
 

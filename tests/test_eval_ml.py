@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from cpt.evaluate_ml import run_label
-from cpt.multilabel import LabelSource
+from cpt.data.multilabel import LabelSource
 from tests.conftest import write_image
 from tests.test_cli_fit import cli, fit_json
 

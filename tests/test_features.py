@@ -4,8 +4,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cpt.backbone import load_backbone
-from cpt.features import AugmentSpec, FeatureCache, eval_transform
+from cpt.core.backbone import load_backbone
+from cpt.data.features import AugmentSpec, FeatureCache, eval_transform
 from tests.conftest import write_image
 
 
@@ -62,8 +62,8 @@ def test_colour_safe_strong_views_keep_hues(tmp_path):
     """Strong views: RandAugment's full set may change a flat yellow's hue; the colour-safe set never does."""
     from PIL import Image
 
-    from cpt.backbone import Preprocess
-    from cpt.features import STRONG_OPS, AugmentSpec, image_views
+    from cpt.core.backbone import Preprocess
+    from cpt.data.features import STRONG_OPS, AugmentSpec, image_views
 
     path = tmp_path / "yellow.png"
     Image.new("RGB", (32, 32), (230, 210, 40)).save(path)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from cpt.errors import CptError
-from cpt.label_formats import read_label_csv, read_labels
-from cpt.multilabel import LabelSource, load_source, split_labels
+from cpt.data.label_formats import read_label_csv, read_labels
+from cpt.data.multilabel import LabelSource, load_source, split_labels
 from tests.conftest import write_image
 
 CLASSES = ["cat", "dog", "sea_lion"]

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cpt.metrics import (
+from cpt.eval.metrics import (
     TaskPredictions,
     confusion,
     metrics_frame,
@@ -119,7 +119,7 @@ def test_predictions_frame_scores_are_softmax_probabilities():
 def test_multilabel_map_excludes_unknowns_and_classes_without_positives():
     from sklearn.metrics import average_precision_score
 
-    from cpt.metrics import average_precisions, multilabel_frames
+    from cpt.eval.metrics import average_precisions, multilabel_frames
 
     targets = np.array([[1, 0, -1], [0, 1, 0], [1, -1, 0], [0, 0, 0]])
     scores = np.array([[0.9, 0.1, 5.0], [0.2, 0.8, 0.3], [0.5, 0.9, 0.1], [0.5, 0.3, 0.2]])  # tie in class 0
@@ -137,7 +137,7 @@ def test_multilabel_map_excludes_unknowns_and_classes_without_positives():
 
 
 def test_multilabel_precision_recall_by_hand():
-    from cpt.metrics import precision_recall_f1
+    from cpt.eval.metrics import precision_recall_f1
 
     targets = np.array([[1, 0, 1], [0, 1, -1], [1, 1, 0]])
     predicted = np.array([[1, 1, 0], [0, 1, 1], [1, 0, 0]])  # the (1, 2) prediction is on an unknown entry

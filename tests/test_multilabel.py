@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from cpt.errors import CptError
-from cpt.multilabel import load_multilabel_task
+from cpt.data.multilabel import load_multilabel_task
 from tests.conftest import write_image
 
 
@@ -48,7 +48,7 @@ def test_unknown_cells_and_mismatched_files(tmp_path):
 
 
 def test_known_ratio_mask_keeps_p_of_the_entries_and_repeats_under_the_seed():
-    from cpt.partial import mask_known
+    from cpt.data.partial import mask_known
 
     targets = np.random.default_rng(0).integers(0, 2, (400, 50))
     masked = mask_known(targets, 0.3, seed=1)
@@ -64,7 +64,7 @@ def test_known_ratio_mask_keeps_p_of_the_entries_and_repeats_under_the_seed():
 def test_asymmetric_loss_by_hand_ignores_unknowns():
     import torch
 
-    from cpt.losses import asymmetric_loss
+    from cpt.methods.losses import asymmetric_loss
 
     logits = torch.tensor([[2.0, -1.0, 0.5]])
     targets = torch.tensor([[1, 0, -1]])

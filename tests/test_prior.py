@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from cpt.backbone import load_backbone
-from cpt.prior import PriorConfig, agreement, build_prior, cooccurrence, label_prior
+from cpt.core.backbone import load_backbone
+from cpt.methods.scpnet.prior import PriorConfig, agreement, build_prior, cooccurrence, label_prior
 from tests.test_cli_fit import cli
 
 NAMES = ["cat", "dog", "kitten", "car", "truck", "bus"]

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from cpt.errors import CptError
-from cpt.prompt import ClassPrompts, PromptConfig, init_context
-from cpt.text import tokenize
+from cpt.core.prompt import ClassPrompts, PromptConfig, init_context
+from cpt.core.text import tokenize
 from tests.conftest import TINY_RN, TINY_VIT, make_clip
 
 NAMES = ["dog", "red car", "x-ray machine", "sea_lion"]

@@ -6,14 +6,14 @@ import pytest
 from PIL import Image
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
-from cpt.metrics import (
+from cpt.eval.metrics import (
     TaskPredictions,
     average_precisions,
     metrics_frame,
     multilabel_frames,
     per_class_frame,
 )
-from cpt.report import pr_curves, write_multilabel_report, write_single_label_report
+from cpt.eval.report import pr_curves, write_multilabel_report, write_single_label_report
 
 
 def task(name, classnames, y_true, y_pred):

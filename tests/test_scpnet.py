@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from cpt.backbone import load_backbone
-from cpt.graph import LabelGraph
-from cpt.losses import splc_loss
+from cpt.core.backbone import load_backbone
+from cpt.methods.scpnet.graph import LabelGraph
+from cpt.methods.losses import splc_loss
 from cpt.methods import build_method
 from cpt.methods.scpnet import class_thresholds, pseudo_labels, self_training_loss
-from cpt.partial import mask_frame, partial_targets, read_mask, single_positive
+from cpt.data.partial import mask_frame, partial_targets, read_mask, single_positive
 
 CLASSES = ["cat", "dog", "sea lion", "boat"]
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cpt.backbone import load_backbone
+from cpt.core.backbone import load_backbone
 from cpt.methods import build_method
 from cpt.methods.base import TaskData
 from cpt.train import TrainConfig, train

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from cpt_datasets import benchmarks as B
 
-from cpt.data import load_task
+from cpt.data.tasks import load_task
 from cpt.errors import CptError
-from cpt.taskfile import METRICS, TaskSpec, is_task_file, read_task_file
+from cpt.data.taskfile import METRICS, TaskSpec, is_task_file, read_task_file
 from tests.conftest import write_image
 
 EMPTY_SPLIT = {"train": [], "val": [], "test": []}

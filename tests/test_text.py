@@ -2,7 +2,7 @@
 
 import torch
 
-from cpt.text import encode_tokens, tokenize
+from cpt.core.text import encode_tokens, tokenize
 from tests.conftest import TINY_RN, TINY_VIT, make_clip
 
 

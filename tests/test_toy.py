@@ -11,7 +11,7 @@ from cpt_datasets import recipes
 from cpt_datasets import toy_world as W
 from sklearn.metrics import average_precision_score
 
-from cpt.backbone import BUILTIN, load_backbone
+from cpt.core.backbone import BUILTIN, load_backbone
 from tests.test_cli_fit import cli, fit_json
 
 

@@ -8,15 +8,18 @@ Evaluation, export and prediction only ever see these `Classifier`s.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cpt.backbone import Backbone
-from cpt.losses import asymmetric_loss
+from cpt.core.backbone import Backbone
+from cpt.data.features import AugmentSpec, ViewOptions
+
+if TYPE_CHECKING:
+    from cpt.kinds import TaskKind
 
 
 @dataclass
@@ -36,32 +39,51 @@ class Classifier:
 
 @dataclass
 class TaskData:
-    """One task's cached training features."""
+    """One task's training data: cached features and the targets of its kind."""
 
     name: str
     classnames: list[str]
+    kind: TaskKind  # what the targets are and which loss scores them
+    targets: Tensor  # the kind's targets: (n,) class labels (single-label), (n, n_cls) in {1, 0, -1} (multi-label)
     train_views: Tensor  # (n, views, dim): augmented views for gradient training (or EncodedViews)
     train_plain: Tensor  # (n, dim): centre-crop view (linear probe)
-    train_labels: Tensor  # (n,) class labels, or (n, n_cls) multi-label targets 1 / 0 / -1
     val: Tensor  # (m, dim)
-    val_labels: Tensor  # (m,)
+    val_targets: Tensor  # (m,)
     train_strong: Tensor | None = None  # (n, views, dim): strongly augmented views (self-training)
 
 
-def config_from(cls: type, options: dict[str, Any]) -> Any:
-    """Build a config dataclass from the subset of `options` it has fields for."""
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in options.items() if k in names and v is not None})
-
-
 class Method(ABC):
-    """A method: built from a backbone and the tasks' class names, fitted, then frozen."""
+    """A method: built from a backbone and the tasks' class names, fitted, then frozen.
+
+    A method declares its options in `Config` (a cpt.options dataclass) and registers itself
+    with `cpt.methods.register`; the CLI, `cpt methods` and config.json derive from those.
+    """
 
     name: ClassVar[str]
     Config: ClassVar[type]
+    summary: ClassVar[str]  # one line with its citation, for `cpt methods`
+    kinds: ClassVar[tuple[str, ...]] = ("single-label", "multi-label")  # task kinds it supports
     trains: ClassVar[bool] = False  # runs the gradient train loop
     uses: ClassVar[tuple[str, ...]] = ()  # training features it needs: "views", "plain", "val", "strong"
-    multi_label_only: ClassVar[bool] = False  # trains on multi-label targets only
+    image_features: ClassVar[str] = "cached"  # how it gets image features (`cpt methods` says)
+
+    @classmethod
+    def check(cls, cfg: Any, kind: str, settings: dict[str, Any]) -> None:
+        """Refuse settings that cannot mean anything for this method on tasks of `kind`
+        (`settings`: every resolved option of the run, by name)."""
+
+    @classmethod
+    def default_epochs(cls, shots: int | None, kind: str) -> int:
+        """The epoch budget when --epochs is not given (50, as SoftCPT and DualCoOp train)."""
+        return 50
+
+    def tunes_image(self) -> bool:
+        """Whether training changes the image encoder (then views are encoded every step, not cached)."""
+        return False
+
+    def augmentations(self, views: ViewOptions) -> dict[str, AugmentSpec]:
+        """The augmented training views it trains on, by name ("views", "strong")."""
+        return {}
 
     def __init__(self, backbone: Backbone, classnames: list[list[str]], cfg: Any, titles: list[str] | None = None) -> None:
         self.backbone = backbone
@@ -92,6 +114,9 @@ class PromptMethod(Method, torch.nn.Module):
 
     trains = True
     uses = ("views",)
+
+    def augmentations(self, views: ViewOptions) -> dict[str, AugmentSpec]:
+        return {"views": AugmentSpec(views=views.aug_views, scale=(views.crop_scale, 1.0))}
     task_mean = True  # loss: sum over tasks of each task's mean (False: mean over the mixed batch)
 
     def __init__(self, backbone: Backbone, classnames: list[list[str]], cfg: Any, titles: list[str] | None = None) -> None:
@@ -107,14 +132,6 @@ class PromptMethod(Method, torch.nn.Module):
         weight = self.class_weights(task, classes).float()
         return self.logit_scale() * F.normalize(features.float(), dim=-1) @ weight.T
 
-    def loss(self, logits: Tensor, labels: Tensor, task: int) -> Tensor:
-        """Summed over the task's images (the train loop normalises, see `task_mean`): softmax
-        cross-entropy over the task's classes for class labels (n,), the asymmetric loss over
-        known entries for multi-label targets (n, n_cls) of 1 / 0 / -1."""
-        if labels.dim() == 2:
-            return asymmetric_loss(logits, labels)
-        return F.cross_entropy(logits, labels, reduction="sum")
-
     def param_groups(self) -> list[dict]:
         """Optimiser groups of the trainable tensors; a group's `lr_scale` scales the schedule's rate."""
         return [{"params": [p for p in self.parameters() if p.requires_grad], "lr_scale": 1.0}]
@@ -126,11 +143,12 @@ class PromptMethod(Method, torch.nn.Module):
         epoch's generator for any further random choice, so resumed runs replay exactly."""
         device = self.backbone.device
         feats = data.train_views[rows[:, 0], rows[:, 1]].to(device)
-        labels = data.train_labels[rows[:, 0]]
-        if classes is not None:
-            labels = torch.searchsorted(classes, labels)  # positions among the sampled classes
+        targets = data.targets[rows[:, 0]]
+        if classes is not None:  # single-label: positions among the sampled classes
+            targets = torch.searchsorted(classes, targets)
             classes = classes.to(device)
-        return self.loss(self.logits(feats, task, classes).float(), labels.to(device), task)
+        # summed over the task's images (the train loop normalises, see `task_mean`)
+        return data.kind.loss(self.logits(feats, task, classes).float(), targets.to(device))
 
     @torch.no_grad()
     def classifiers(self) -> list[Classifier]:

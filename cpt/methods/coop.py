@@ -7,15 +7,17 @@ for CoOp-CS), `coop-shared` one context for all tasks (CoOp-MT).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cpt.backbone import Backbone
+from cpt.core.backbone import Backbone
+from cpt.core.prompt import ClassPrompts, PromptConfig, init_context
 from cpt.errors import CptError
 from cpt.methods.base import PromptMethod
-from cpt.prompt import ClassPrompts, PromptConfig, init_context
+from cpt.methods.registry import register
 
 
 @dataclass
@@ -25,21 +27,42 @@ class CoOpConfig(PromptConfig):
     seed: int = 0
 
 
+def coop_epochs(shots: int | None) -> int:
+    """CoOp's epoch budget by shots: 50 for 1 shot, 100 for 2-4, 200 for 8+ (and for all data)."""
+    if shots == 1:
+        return 50
+    if shots is not None and 2 <= shots <= 4:
+        return 100
+    return 200
+
+
+@register
 class CoOp(PromptMethod):
     """Each task gets its own context (CoOp-CA when several tasks are given)."""
 
     name = "coop"
     Config = CoOpConfig
+    summary = ("CoOp: learned prompt context (Zhou et al., IJCV 2022); a context per task (CoOp-CA), "
+               "--class-specific for CoOp-CS; the asymmetric loss on multi-label tasks.")
 
     shared = False  # one context for every task (CoOp-MT) instead of one per task
+
+    @classmethod
+    def check(cls, cfg: CoOpConfig, kind: str, settings: dict[str, Any]) -> None:
+        if cls.shared and cfg.class_specific:
+            raise CptError("coop-shared shares one context across tasks; --class-specific does not apply.")
+        if settings.get("single_positive"):
+            raise CptError("--single-positive needs a loss for unobserved negatives: use --method scpnet (SPLC loss).")
+
+    @classmethod
+    def default_epochs(cls, shots: int | None, kind: str) -> int:
+        return coop_epochs(shots) if kind == "single-label" and not cls.shared else 50
 
     def __init__(self, backbone: Backbone, classnames: list[list[str]], cfg: CoOpConfig,
                  titles: list[str] | None = None) -> None:
         super().__init__(backbone, classnames, cfg, titles)
         generator = torch.Generator().manual_seed(cfg.seed)
         self.prompts = nn.ModuleList(ClassPrompts(backbone.model, names, cfg) for names in classnames)
-        if self.shared and cfg.class_specific:
-            raise CptError("coop-shared shares one context across tasks; --class-specific does not apply.")
         owners = self.prompts[:1] if self.shared else self.prompts
         self.ctx = nn.ParameterList(nn.Parameter(init_context(p, cfg, generator).float()) for p in owners)
 
@@ -49,9 +72,12 @@ class CoOp(PromptMethod):
         return F.normalize(feats.float(), dim=-1)
 
 
+@register
 class CoOpShared(CoOp):
     """CoOp-MT: a single context learned jointly on all tasks (hard sharing)."""
 
     name = "coop-shared"
+    summary = "CoOp-MT: one CoOp context learned jointly on all tasks (the SoftCPT paper's hard-sharing baseline)."
+    kinds = ("single-label",)
     shared = True
     task_mean = False

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 
 from cpt.methods.base import Classifier, Method, TaskData
+from cpt.methods.registry import register
 
 log = logging.getLogger("cpt")
 
@@ -25,11 +26,14 @@ def _fit(x: np.ndarray, y: np.ndarray, c: float, max_iter: int) -> LogisticRegre
     return LogisticRegression(C=c, max_iter=max_iter).fit(x, y)
 
 
+@register
 class LinearProbe(Method):
     """Per task: logistic regression, its C chosen by validation accuracy (CoOp's protocol)."""
 
     name = "linear-probe"
     Config = LinearProbeConfig
+    summary = "Logistic regression on frozen CLIP features, C chosen on validation (CoOp's protocol)."
+    kinds = ("single-label",)
     uses = ("plain", "val")
 
     def __init__(self, *args, **kwargs) -> None:
@@ -40,7 +44,7 @@ class LinearProbe(Method):
         self.heads = []
         for task in data:
             x = F.normalize(task.train_plain.float(), dim=-1).numpy()
-            y = task.train_labels.numpy()
+            y = task.targets.numpy()
             c = self._choose_c(task, x, y)
             model = _fit(x, y, c, self.cfg.max_iter)
             weight = np.zeros((len(task.classnames), x.shape[1]), dtype=np.float32)
@@ -55,11 +59,11 @@ class LinearProbe(Method):
             log.info("linear probe %s: C=%g", task.name, c)
 
     def _choose_c(self, task: TaskData, x: np.ndarray, y: np.ndarray) -> float:
-        if len(task.val_labels) == 0:
+        if len(task.val_targets) == 0:
             log.warning("task %s has no validation images: the linear probe uses C=1", task.name)
             return 1.0
         xv = F.normalize(task.val.float(), dim=-1).numpy()
-        yv = task.val_labels.numpy()
+        yv = task.val_targets.numpy()
         scores = [(_fit(x, y, c, self.cfg.max_iter).score(xv, yv), -abs(np.log10(c))) for c in self.cfg.c_grid]
         return self.cfg.c_grid[max(range(len(scores)), key=scores.__getitem__)]
 

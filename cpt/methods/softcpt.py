@@ -17,37 +17,39 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cpt.backbone import Backbone
-from cpt.errors import CptError
+from cpt.core.backbone import Backbone
+from cpt.core.prompt import ClassPrompts, PromptConfig, init_context, n_ctx_option
 from cpt.methods.base import PromptMethod
-from cpt.prompt import ClassPrompts, PromptConfig, init_context
+from cpt.methods.registry import register
+from cpt.options import Options, option
 
 VARIANTS = ("nata", "nats", "cata", "csta", "cats", "csts")
+PANEL = "SoftCPT"
 
 
 @dataclass
-class SoftCPTConfig(PromptConfig):
-    """n_ctx: generated context length (16 as the paper); task_n_ctx / class_n_ctx: 4 as the paper."""
+class SoftCPTConfig(Options):
+    """The paper's defaults: a 16-token generated context from 4-token task (and class) prompts."""
 
-    variant: str = "nata"
-    task_n_ctx: int = 4
-    class_n_ctx: int = 4
+    n_ctx: int = n_ctx_option(16)
+    variant: str = option("nata", "nata: one task context for all tasks; nats: one per task; cata, csta, cats, csts: "
+                          "add each class's feature (shared or class-specific class context).", panel=PANEL,
+                          choices=VARIANTS)
+    task_n_ctx: int = option(4, "Context tokens of the task prompt.", panel=PANEL, low=1)
+    class_n_ctx: int = option(4, "Class-feature variants: context tokens of the class prompt.", panel=PANEL, low=1)
     meta_init_std: float = 0.02
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.variant not in VARIANTS:
-            raise CptError(f"--variant {self.variant!r} must be one of {', '.join(VARIANTS)}.")
-        if self.position != "end" or self.class_specific or self.ctx_init:
-            raise CptError("SoftCPT generates its context: --class-token-position, --class-specific and --ctx-init do not apply.")
 
-
+@register
 class SoftCPT(PromptMethod):
     """Meta network from task (and class) features to each task's prompt context."""
 
     name = "softcpt"
     Config = SoftCPTConfig
+    summary = ("SoftCPT: a task-shared meta network turns each task name into its prompt context "
+               "(Ding et al., 2022, arXiv:2208.13474).")
+    kinds = ("single-label",)
     task_mean = False
 
     def __init__(self, backbone: Backbone, classnames: list[list[str]], cfg: SoftCPTConfig,

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from cpt.errors import CptError
-from cpt.multilabel import UNKNOWN
+from cpt.data.multilabel import UNKNOWN
 
 
 def mask_known(targets: np.ndarray, ratio: float, seed: int) -> np.ndarray:

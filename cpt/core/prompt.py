@@ -11,36 +11,57 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from clip.model import CLIP
 from torch import Tensor, nn
 
 from cpt.errors import CptError
-from cpt.text import encode_embeddings, encode_shared_prefix, special_ids, word_ids
+from cpt.options import Options, option
+from cpt.core.text import encode_embeddings, encode_shared_prefix, special_ids, word_ids
 
 POSITIONS = ("end", "middle", "front")
 log = logging.getLogger("cpt")
 
 
+PANEL = "Prompt"
+
+
+def n_ctx_option(default: int) -> Any:
+    """The `--n-ctx` option (one declaration; methods differ only in its default)."""
+    return option(default, "Context tokens of the learned prompt.", panel=PANEL, low=1)
+
+
+def ctx_init_option(default: str) -> Any:
+    """The `--ctx-init` option."""
+    return option(default, "Initialise the context from these words, e.g. 'a photo of a' (sets --n-ctx; empty: "
+                  "random).", panel=PANEL)
+
+
 @dataclass
-class PromptConfig:
+class PromptConfig(Options):
     """Shape and initialisation of the learnable context."""
 
-    n_ctx: int = 16
-    ctx_init: str = ""  # e.g. "a photo of a": word-initialised context (n_ctx = its token count)
-    class_specific: bool = False
-    position: str = "end"
+    n_ctx: int = n_ctx_option(16)
+    ctx_init: str = ctx_init_option("")
+    class_specific: bool = option(False, "One context per class (CoOp-CS) instead of one per task.", panel=PANEL)
+    class_token_position: str = option("end", "Where the class name goes.", panel=PANEL, choices=POSITIONS)
+    grad_checkpoint: bool = option(False, "Recompute text-encoder activations in backward: less memory, more time.",
+                                   panel=PANEL)
     init_std: float = 0.02
-    grad_checkpoint: bool = False  # recompute text-encoder activations in backward (less memory)
+
+    @classmethod
+    def adjust(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """An explicit context length without init words means a random context."""
+        if values.get("n_ctx") is not None and values.get("ctx_init") is None:
+            return {**values, "ctx_init": ""}
+        return values
 
     def __post_init__(self) -> None:
-        if self.position not in POSITIONS:
-            raise CptError(f"--class-token-position {self.position!r} must be one of {', '.join(POSITIONS)}.")
+        super().__post_init__()
         if self.ctx_init:
             self.n_ctx = len(word_ids(self.ctx_init))
-        if self.n_ctx < 1:
-            raise CptError("--n-ctx must be at least 1.")
 
 
 def _layout(name_ids: list[int], n_ctx: int, position: str, ctx_ids: list[int], room: int) -> tuple[list[int], list[int]]:
@@ -70,16 +91,19 @@ class ClassPrompts(nn.Module):
     def __init__(self, model: CLIP, classnames: list[str], cfg: PromptConfig) -> None:
         super().__init__()
         self.n_ctx = cfg.n_ctx
-        self.shared_prefix = cfg.position == "end"
+        self.shared_prefix = cfg.class_token_position == "end"
         self.grad_checkpoint = cfg.grad_checkpoint
         ctx_ids = word_ids(cfg.ctx_init) if cfg.ctx_init else word_ids("X") * cfg.n_ctx
         room = model.context_length - 3 - cfg.n_ctx  # SOS, period, EOS
+        if room < 1:
+            raise CptError(f"--n-ctx {cfg.n_ctx} (or the words of --ctx-init) leaves no room for the class name in this "
+                           f"text encoder's {model.context_length} tokens; use at most {model.context_length - 4}.")
         rows, slots = [], []
         for name in classnames:
             ids = word_ids(name)
             if len(ids) > room:
                 log.warning("class name %r is longer than the context allows; it is cut to %d tokens", name, room)
-            tokens, where = _layout(ids, cfg.n_ctx, cfg.position, ctx_ids, room)
+            tokens, where = _layout(ids, cfg.n_ctx, cfg.class_token_position, ctx_ids, room)
             rows.append(tokens)
             slots.append(where)
         length = max(len(r) for r in rows)  # truncation: nothing after the last EOT matters

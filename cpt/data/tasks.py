@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
-from cpt_datasets.benchmarks import BENCHMARKS, benchmark_specs
-from cpt_datasets.recipes import RECIPES, materialize
 from PIL import Image
 
+from cpt.data.recipes import recipe
 from cpt.errors import CptError
-from cpt.taskfile import TaskSpec, is_task_file, read_task_file, repeated
+from cpt.data.taskfile import TaskSpec, is_task_file, read_task_file, repeated
 
 log = logging.getLogger("cpt")
 Check = Callable[[Path], str | None]  # a path -> None if the image is usable, else the reason
@@ -51,6 +51,14 @@ class Task:
     splits: dict[str, list[Sample]]  # always "train", "val", "test" (val may be empty)
     source: str  # the path the user gave
     title: str  # natural-language task name
+
+    def paths(self, split: str) -> list[Path]:
+        """The images of `split`."""
+        return [s.path for s in self.splits[split]]
+
+    def targets(self, split: str) -> np.ndarray:
+        """The class labels (n,) of `split`."""
+        return np.array([s.label for s in self.splits[split]], dtype=np.int64)
 
 
 def parse_task_spec(spec: str) -> list[tuple[str, str]]:
@@ -415,12 +423,11 @@ def is_multilabel_source(path: str) -> bool:
 
 
 def resolve_tasks(spec: str, data_root: str | None = None) -> tuple[list[TaskSpec], bool]:
-    """What `--tasks` names — a recipe (materialised on demand), a benchmark (general10, ...),
-    a task file, or NAME=PATH pairs — as task specs, and whether they are multi-label."""
-    if spec in RECIPES:
-        return [TaskSpec(name, str(path)) for name, path in materialize(spec)], RECIPES[spec].multi_label
-    if spec in BENCHMARKS:
-        return benchmark_specs(spec, Path(data_root) if data_root else None), False
+    """What `--tasks` names — a registered recipe (the toy world, a benchmark suite), a task
+    file, or NAME=PATH pairs — as task specs, and whether they are multi-label."""
+    named = recipe(spec)
+    if named is not None:
+        return named.tasks(Path(data_root) if data_root else None), named.kind == "multi-label"
     if is_task_file(spec):
         specs = read_task_file(spec)
     else:

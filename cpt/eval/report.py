@@ -15,7 +15,7 @@ import pandas as pd
 from sklearn.metrics import precision_recall_curve
 
 from cpt.io import atomic_path, write_text
-from cpt.metrics import TaskPredictions, average_precisions, confusion
+from cpt.eval.metrics import TaskPredictions, average_precisions, confusion
 
 HEADLINE = {"accuracy": "accuracy", "mean_per_class_accuracy": "mean per-class acc.", "macro_f1": "macro-F1"}
 
@@ -169,30 +169,45 @@ def write_multilabel_report(out_dir: Path, title: str, metrics: pd.DataFrame, pe
     return path
 
 
-def plot_map_vs_known_ratio(frame: pd.DataFrame, path: Path) -> None:
-    """mAP against the known-label ratio, one line per label: mean over rows (seeds), std as error bars."""
+# per sweep / comparison axis: the plot's file name, x label and y label
+AXIS_PLOTS = {
+    "shots": ("accuracy_vs_shots.png", "shots per class", "mean headline accuracy (%)"),
+    "known_ratio": ("map_vs_known_ratio.png", "known label ratio", "mAP (%)"),
+}
+
+
+def plot_against(frame: pd.DataFrame, axis: str, path: Path) -> None:
+    """`value` against `axis`, one line per `label`: mean over rows (seeds), std as error bars."""
+    _, x_label, y_label = AXIS_PLOTS[axis]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for label, rows in frame.groupby("label", sort=True):
-        stats = rows.groupby("known_ratio")["mAP"].agg(["mean", "std"]).fillna({"std": 0.0})
+    for label, rows in frame.groupby("label", sort=False):
+        stats = rows.groupby(axis)["value"].agg(["mean", "std"]).fillna({"std": 0.0})
         ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3, label=str(label))
-    ax.set_xlabel("known label ratio")
-    ax.set_ylabel("mAP (%)")
-    ax.set_title("mAP against the known label ratio (mean ± std over seeds)")
+    if axis == "shots":
+        ax.set_xscale("log", base=2)
+        ticks = sorted(frame[axis].unique())
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.set_title(f"{y_label} against {x_label} (mean ± std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, path)
 
 
-def write_comparison_report(out_dir: Path, title: str, comparison: pd.DataFrame) -> Path:
-    """report.md (mAP per label, known ratio and task: mean, std, runs) and map_vs_known_ratio.png,
-    each run's mAP averaged over its tasks in the plot; returns report.md."""
+def write_comparison_report(out_dir: Path, title: str, comparison: pd.DataFrame, axes: dict[str, str]) -> Path:
+    """report.md (each label's headline metric per setting and task: mean, std, runs) and, per
+    task kind, its metric against its axis (`axes`: kind -> axis; each run averaged over its tasks);
+    returns report.md."""
     out_dir = Path(out_dir)
-    per_run = comparison.groupby(["run", "label", "known_ratio"], as_index=False, sort=False)["mAP"].mean()
-    plot_map_vs_known_ratio(per_run, out_dir / "map_vs_known_ratio.png")
-    summary = (comparison.groupby(["label", "known_ratio", "task"])["mAP"]
-               .agg(mAP="mean", std="std", runs="count").reset_index())
-    lines = [f"# {title}", "", f"{comparison.run.nunique()} runs; mAP in percent, mean and std over seeds.", "",
-             _markdown(summary), "![mAP against the known label ratio](map_vs_known_ratio.png)", ""]
+    lines = [f"# {title}", "", f"{comparison.run.nunique()} runs; metrics in percent, mean and std over seeds.", ""]
+    for axis, rows in comparison.groupby(comparison.kind.map(axes), sort=False):
+        per_run = rows.groupby(["run", "label", axis], as_index=False, sort=False)["value"].mean()
+        file = AXIS_PLOTS[axis][0]
+        plot_against(per_run, axis, out_dir / file)
+        summary = (rows.groupby(["label", axis, "task", "metric"])["value"]
+                   .agg(value="mean", std="std", runs="count").reset_index())
+        lines += [_markdown(summary), f"![{AXIS_PLOTS[axis][2]} against {AXIS_PLOTS[axis][1]}]({file})", ""]
     path = out_dir / "report.md"
     write_text(path, "\n".join(lines))
     return path

@@ -1,4 +1,4 @@
-"""Multi-label tasks: train and test label sets read from label files (see cpt.label_formats).
+"""Multi-label tasks: train and test label sets read from label files (see cpt.data.label_formats).
 
 A target matrix holds 1 (positive), 0 (negative) or -1 (unknown) per (image, class); unknown
 entries never count in training losses or in evaluation.
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cpt.data import Skipped
+from cpt.data.tasks import Skipped
 from cpt.errors import CptError
-from cpt.label_formats import UNKNOWN, LabelSet, read_label_csv, read_labels
+from cpt.data.label_formats import UNKNOWN, LabelSet, read_label_csv, read_labels
 
 __all__ = [
     "UNKNOWN", "LabelSet", "LabelSource", "MultiLabelTask", "load_multilabel_task", "load_source",
@@ -45,6 +45,15 @@ class MultiLabelTask:
     splits: dict[str, LabelSet]  # "train" and "test"
     source: str
     title: str
+
+    def paths(self, split: str) -> list[Path]:
+        """The images of `split` (none for a split the task does not have)."""
+        return list(self.splits[split].paths) if split in self.splits else []
+
+    def targets(self, split: str) -> np.ndarray:
+        """The (n, n_classes) targets of `split` in {1, 0, -1}."""
+        labels = self.splits.get(split)
+        return labels.targets if labels is not None else np.zeros((0, len(self.classnames)), dtype=np.int8)
 
 
 def _subset(labels: LabelSet, rows: np.ndarray) -> LabelSet:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cpt.backbone import Backbone
+from cpt.core.backbone import Backbone
 from cpt.errors import CptError
-from cpt.text import encode_tokens, tokenize
+from cpt.core.text import encode_tokens, tokenize
 
 # The seven ImageNet templates the CLIP authors selected for a small, strong ensemble.
 ENSEMBLE = [

@@ -2,7 +2,7 @@
 
 One learned context ("a photo of a", 4 tokens) builds every class prompt; the text features
 go through a graph module whose adjacency is the label prior from CLIP's own text encoder
-(cpt.prior), with a residual. Training on cached image features:
+(cpt.methods.scpnet.prior), with a residual. Training on cached image features:
 
 - supervised: the asymmetric loss on the known entries of a weak view (SPLC when each
   image keeps a single positive);
@@ -21,43 +21,57 @@ as well, as the paper does (its views are then encoded every step instead of cac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cpt.backbone import Backbone
+from cpt.core.backbone import Backbone
+from cpt.core.prompt import ClassPrompts, PromptConfig, ctx_init_option, init_context, n_ctx_option
+from cpt.data.features import STRONG_OPS, AugmentSpec, ViewOptions
 from cpt.errors import CptError
-from cpt.graph import LabelGraph
-from cpt.losses import asymmetric_loss, splc_loss
 from cpt.methods.base import PromptMethod, TaskData
-from cpt.prior import PriorConfig, label_prior
-from cpt.prompt import ClassPrompts, PromptConfig, init_context
+from cpt.methods.losses import asymmetric_loss, splc_loss
+from cpt.methods.registry import register
+from cpt.methods.scpnet.graph import LabelGraph
+from cpt.methods.scpnet.prior import PriorConfig, label_prior
+from cpt.options import option
+
+PANEL = "SCPNet"
 
 
 @dataclass
 class SCPNetConfig(PromptConfig):
     """SCPNet's defaults (its COCO configuration where it has one)."""
 
-    n_ctx: int = 4
-    ctx_init: str = "a photo of a"
+    n_ctx: int = n_ctx_option(4)
+    ctx_init: str = ctx_init_option("a photo of a")
+    logit_scale: float = option(10.0, "Fixed logit scale (SCPNet's COCO setting).", panel=PANEL, low=0, above=True)
+    prior_template: str = option("a photo of a {}.", "Prior: template of the class-name embeddings.", panel=PANEL)
+    topk: int | None = option(None, "Prior: neighbours kept per class [default: 78% of the classes, 62 of COCO's 80].",
+                              panel=PANEL, low=1)
+    reweight_p: float = option(0.2, "Prior: neighbour mass; the class itself keeps 1 - p.", panel=PANEL, low=0, high=1)
+    temperature: float = option(0.2, "Prior: softmax temperature of the relation.", panel=PANEL, low=0, above=True)
+    lambda_u: float = option(0.125, "Weight of the self-training term.", panel=PANEL, low=0)
+    kl_lambda: float = option(1.0, "Weight of the prior-calibrated soft targets within it.", panel=PANEL, low=0)
+    p_cutoff: float = option(0.95, "Pseudo-label confidence cut-off before class adaptation.", panel=PANEL, low=0,
+                             high=1)
+    hard_k: int = option(2, "Pseudo-label candidates per image.", panel=PANEL, low=1)
+    no_prior: bool = option(False, "Ablation: no label prior (identity graph, uncalibrated soft targets).", panel=PANEL)
+    no_gcn: bool = option(False, "Ablation: no graph module over the class features.", panel=PANEL)
+    no_self_training: bool = option(False, "Ablation: the supervised loss only (no weak/strong self-training).",
+                                    panel=PANEL)
+    strong_augment: str = option("randaugment", "Strong view: 'randaugment' (3 ops, magnitude 5, as SCPNet) or "
+                                 "'colour-safe' (no op that shifts hues, for colour labels; toy-ml's preset).",
+                                 panel=PANEL, choices=tuple(STRONG_OPS))
+    finetune_image: bool = option(False, "Train the image encoder too, as the paper does (slow: no feature cache for "
+                                  "training).", panel=PANEL)
+    image_lr_scale: float = option(0.1, "With --finetune-image: the image encoder's learning rate as a share of --lr.",
+                                   panel=PANEL, low=0, above=True)
+    single_positive: bool = False  # set from the multi-label option: SPLC instead of ASL
     seed: int = 0
-    logit_scale: float = 10.0
-    prior_template: str = "a photo of a {}."
-    topk: int | None = None  # prior neighbours per row; None: 78 % of the classes (62 of COCO's 80)
-    reweight_p: float = 0.2
-    temperature: float = 0.2
-    lambda_u: float = 0.125
-    kl_lambda: float = 1.0
-    p_cutoff: float = 0.95
-    hard_k: int = 2
-    no_prior: bool = False
-    no_gcn: bool = False
-    no_self_training: bool = False
-    single_positive: bool = False
-    finetune_image: bool = False  # train the image encoder too (features encoded every step)
-    image_lr_scale: float = 0.1  # the image encoder's learning rate relative to --lr
 
 
 def class_thresholds(selected: Tensor, hard_k: int, p_cutoff: float) -> Tensor:
@@ -91,19 +105,37 @@ def self_training_loss(strong_logits: Tensor, weak_probs: Tensor, labels: Tensor
     return -((hard_term + kl_lambda * soft_term) * confident[:, None].float()).sum()
 
 
+@register
 class SCPNet(PromptMethod):
     """Prompt + label graph + prior-calibrated self-training, per task."""
 
     name = "scpnet"
     Config = SCPNetConfig
+    summary = ("SCPNet: CLIP's label prior drives a graph module and prior-calibrated self-training, for "
+               "partial labels (Ding, Wang et al., CVPR 2023).")
+    kinds = ("multi-label",)
     uses = ("views", "strong")
-    multi_label_only = True
+    image_features = "cached; encoded every step with --finetune-image"
+
+    @classmethod
+    def check(cls, cfg: SCPNetConfig, kind: str, settings: dict[str, Any]) -> None:
+        if cfg.class_specific:
+            raise CptError("scpnet learns one context shared by the classes; --class-specific does not apply.")
+        if cfg.finetune_image and settings.get("precision", "fp32") != "fp32":
+            raise CptError("--finetune-image trains the image encoder in fp32; drop --precision.")
+
+    def tunes_image(self) -> bool:
+        return self.cfg.finetune_image
+
+    def augmentations(self, views: ViewOptions) -> dict[str, AugmentSpec]:
+        weak = super().augmentations(views)
+        if self.cfg.no_self_training:
+            return weak
+        return {**weak, "strong": replace(weak["views"], strong=self.cfg.strong_augment)}
 
     def __init__(self, backbone: Backbone, classnames: list[list[str]], cfg: SCPNetConfig,
                  titles: list[str] | None = None) -> None:
         super().__init__(backbone, classnames, cfg, titles)
-        if cfg.class_specific:
-            raise CptError("scpnet learns one context shared by the classes; --class-specific does not apply.")
         generator = torch.Generator().manual_seed(cfg.seed)
         self.prompts = nn.ModuleList(ClassPrompts(backbone.model, names, cfg) for names in classnames)
         self.ctx = nn.ParameterList(nn.Parameter(init_context(p, cfg, generator).float()) for p in self.prompts)
@@ -147,7 +179,7 @@ class SCPNet(PromptMethod):
                    gen: torch.Generator) -> Tensor:
         device = self.backbone.device
         images, views = rows[:, 0], rows[:, 1]
-        targets = data.train_labels[images].to(device)
+        targets = data.targets[images].to(device)
         n_views = data.train_views.shape[1]
         weak = data.train_views[images, views]
         if self.cfg.no_self_training:
@@ -171,7 +203,7 @@ class SCPNet(PromptMethod):
 
     def _self_training(self, task: int, data: TaskData, images: Tensor, weak_logits: Tensor, strong_logits: Tensor,
                        targets: Tensor) -> Tensor:
-        selected = self.selected.setdefault(task, torch.zeros(len(data.train_labels), len(self.classnames[task]),
+        selected = self.selected.setdefault(task, torch.zeros(len(data.targets), len(self.classnames[task]),
                                                               dtype=torch.uint8))
         thresholds = class_thresholds(selected, self.cfg.hard_k, self.cfg.p_cutoff).to(weak_logits.device)
         probs = torch.sigmoid(weak_logits)

@@ -21,10 +21,11 @@ from PIL import Image
 from torch import Tensor
 from torchvision import transforms as T
 
-from cpt.backbone import Backbone, Preprocess
+from cpt.core.backbone import Backbone, Preprocess
 from cpt.console import track
 from cpt.errors import CptError
 from cpt.io import atomic_path, cache_root
+from cpt.options import Options, option
 
 # RandAugment's operations allowed in a strong view. "randaugment": all of them (SCPNet);
 # "colour-safe": those that keep hues, for labels that are colours (toy-ml, CUB attributes):
@@ -46,6 +47,15 @@ class _RandAugment(T.RandAugment):
     def _augmentation_space(self, num_bins: int, image_size: tuple[int, int]) -> dict:
         space = super()._augmentation_space(num_bins, image_size)
         return space if self.ops is None else {k: v for k, v in space.items() if k in self.ops}
+
+
+@dataclass
+class ViewOptions(Options):
+    """The cached training views every gradient-trained method draws from."""
+
+    aug_views: int = option(8, "Augmented views cached per training image.", panel="Training", low=1, high=256)
+    crop_scale: float = option(0.08, "Smallest area fraction of the random resized crop (1 = flips only; CoOp's "
+                               "0.08; the toy recipes' preset is 1.0).", panel="Training", low=0, high=1, above=True)
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cpt.artifact import Artifact
-from cpt.backbone import Backbone
+from cpt.deploy.artifact import FORMAT, Artifact
+from cpt.core.backbone import Backbone
 from cpt.errors import CptError
 from cpt.io import atomic_path, save_torch, write_csv
 
@@ -45,13 +45,13 @@ class ImageClassifier(nn.Module):
 def metadata(artifact: Artifact, tasks: list[int]) -> dict:
     """What a deployed model needs besides its weights: preprocessing, names, provenance."""
     return {
-        "format": "cpt-classifier/1",
+        "format": FORMAT,
         "inputs": {"image": "float32 (batch, 3, H, W): RGB resized (shorter side) and centre-cropped to "
                             "resolution with `interpolation`, scaled to [0, 1], normalised with mean and std"},
         "preprocess": artifact.preprocess,
         "outputs": [artifact.tasks[t] for t in tasks],
         "classnames": {artifact.tasks[t]: artifact.classnames[t] for t in tasks},
-        "multi_label": artifact.multi_label,
+        "kind": artifact.kind,
         "method": artifact.method,
         "backbone": {k: artifact.backbone[k] for k in ("spec", "sha256")},
     }

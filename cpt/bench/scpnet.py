@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cpt.backbone import Backbone, Preprocess, resolve_device
-from cpt.bench import build_model, class_names, time_steps
-from cpt.features import AugmentSpec, FeatureCache
+from cpt.core.backbone import Backbone, Preprocess, resolve_device
+from cpt.bench.prompt import build_model, class_names, time_steps
+from cpt.data.features import AugmentSpec, FeatureCache
 from cpt.methods import TaskData, build_method
 
 

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from clip.model import CLIP
 
-from cpt.backbone import cast_weights, load_backbone, resolve_device
+from cpt.core.backbone import cast_weights, load_backbone, resolve_device
 from cpt.errors import CptError
-from cpt.prompt import ClassPrompts, PromptConfig, init_context
+from cpt.core.prompt import ClassPrompts, PromptConfig, init_context
 
 _TEXT = dict(context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8, transformer_layers=12)
 GEOMETRIES: dict[str, dict | None] = {

@@ -18,11 +18,11 @@ from sklearn.metrics import (
 
 @dataclass
 class TaskPredictions:
-    """One task's evaluated images."""
+    """One task's evaluated images: their targets in the kind's shape and their logits."""
 
     task: str
     classnames: list[str]
-    y_true: np.ndarray  # (n,) int labels
+    y_true: np.ndarray  # (n,) int labels (single-label) or (n, n_classes) targets in {1, 0, -1}
     logits: np.ndarray  # (n, n_classes)
     paths: list[str]
 

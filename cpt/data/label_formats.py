@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cpt.data import IMAGE_EXTENSIONS, Skipped
+from cpt.data.tasks import IMAGE_EXTENSIONS, Skipped
 from cpt.errors import CptError
 
 UNKNOWN = -1

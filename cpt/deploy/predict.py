@@ -11,14 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import torch
 
-from cpt.artifact import Artifact
-from cpt.backbone import Backbone
+from cpt.deploy.artifact import Artifact
+from cpt.core.backbone import Backbone
 from cpt.console import log
-from cpt.data import IMAGE_EXTENSIONS
+from cpt.data.tasks import IMAGE_EXTENSIONS
 from cpt.errors import CptError
-from cpt.features import FeatureCache
+from cpt.data.features import FeatureCache
+from cpt.kinds import kind
 
 
 @dataclass
@@ -50,6 +50,7 @@ def predict(artifact: Artifact, backbone: Backbone, images: list[Path], task: st
             threshold: float = 0.5, batch: int = 256, cache: FeatureCache | None = None) -> Iterator[Prediction]:
     """Predictions for `images`, batch by batch, so output can stream."""
     tasks = artifact.task_index(task)
+    decoder = kind(artifact.kind)
     cache = cache or FeatureCache(backbone)
     for start in range(0, len(images), batch):
         chunk = images[start : start + batch]
@@ -65,14 +66,5 @@ def predict(artifact: Artifact, backbone: Backbone, images: list[Path], task: st
             logits = artifact.classifiers[t].logits(feats)
             names = artifact.classnames[t]
             for row, i in zip(logits, ok):
-                yield _record(str(chunk[i]), artifact.tasks[t], names, row, artifact.multi_label, top_k, threshold)
-
-
-def _record(path: str, task: str, names: list[str], logits: torch.Tensor, multi: bool, k: int, threshold: float) -> Prediction:
-    if multi:
-        probs = torch.sigmoid(logits)
-        chosen = [i for i in probs.argsort(descending=True, stable=True).tolist() if probs[i] >= threshold]
-    else:
-        probs = torch.softmax(logits, dim=0)
-        chosen = probs.argsort(descending=True, stable=True)[: min(k, len(names))].tolist()
-    return Prediction(path, task, [names[i] for i in chosen], [float(probs[i]) for i in chosen], logits.tolist())
+                chosen, probs = decoder.decode(row, top_k, threshold)
+                yield Prediction(str(chunk[i]), artifact.tasks[t], [names[c] for c in chosen], probs, row.tolist())

@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cpt.backbone import Backbone
+from cpt.core.backbone import Backbone
 from cpt.errors import CptError
-from cpt.multilabel import UNKNOWN
-from cpt.templates import template_embeddings
+from cpt.data.multilabel import UNKNOWN
+from cpt.core.templates import template_embeddings
 
 
 @dataclass

@@ -124,7 +124,7 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).parent.parent / "assets"
 BUILTIN = {"toy": ASSETS / "toy-clip.pt.gz"}  # checkpoints shipped with cpt (gzipped state dicts)
 
 

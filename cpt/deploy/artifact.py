@@ -15,12 +15,12 @@ import torch
 
 from cpt import __version__
 from cpt import run as R
-from cpt.backbone import Backbone, load_backbone
+from cpt.core.backbone import Backbone, load_backbone
 from cpt.console import log
 from cpt.errors import CptError
 from cpt.methods import Classifier, Method, build_method
 
-FORMAT = "cpt-classifier/1"
+FORMAT = "cpt-classifier/2"
 
 
 @dataclass
@@ -33,7 +33,7 @@ class Artifact:
     backbone: dict  # spec, sha256, precision, geometry
     preprocess: dict  # resolution, mean, std, interpolation
     method: str
-    multi_label: bool = False
+    kind: str = "single-label"  # the task kind: how logits decode (softmax top-k, or sigmoid threshold)
     image_tuned: bool = False  # trained its image encoder: only exports that carry the encoder hold it
 
     def task_index(self, task: str | None) -> list[int]:
@@ -50,7 +50,7 @@ class Artifact:
             "format": FORMAT,
             "cpt_version": __version__,
             "method": self.method,
-            "multi_label": self.multi_label,
+            "kind": self.kind,
             "backbone": self.backbone,
             "preprocess": self.preprocess,
             "tasks": [
@@ -70,30 +70,11 @@ class Artifact:
             backbone=d["backbone"],
             preprocess=d["preprocess"],
             method=d["method"],
-            multi_label=d["multi_label"],
+            kind=d["kind"],
         )
 
 
-def load_run(run: Path, device: str | None = None, precision: str | None = None,
-             clip_cache: str | None = None, templates: list[str] | None = None) -> tuple[dict, Backbone, Method]:
-    """A finished run's config, its backbone and its method with the learned state loaded."""
-    config = R.read_config(run)
-    checkpoint = R.load_checkpoint(run)
-    if not checkpoint or not checkpoint.get("done"):
-        raise CptError(f"The run {run} has not finished training; finish it with `cpt fit --resume {run}`.")
-    options = {**config["request"], **({"templates": templates} if templates else {})}
-    backbone = load_backbone(options["backbone"], device or options["device"], precision or options["precision"],
-                             clip_cache or options.get("clip_cache"))
-    if backbone.checksum != config["backbone"]["sha256"]:
-        log.warning("the backbone's checksum differs from the one run %s was trained with", run)
-    method = build_method(options["method"], backbone, [t["classnames"] for t in config["tasks"]], options,
-                          [t["title"] for t in config["tasks"]])
-    method.load_state(checkpoint["state"])
-    return config, backbone, method
-
-
-def _artifact(backbone: Backbone, method: Method, tasks: list[str], multi_label: bool,
-              image_tuned: bool = False) -> Artifact:
+def _artifact(backbone: Backbone, method: Method, tasks: list[str], kind: str, image_tuned: bool = False) -> Artifact:
     d = backbone.describe()
     return Artifact(
         tasks=tasks,
@@ -102,16 +83,15 @@ def _artifact(backbone: Backbone, method: Method, tasks: list[str], multi_label:
         backbone={k: d[k] for k in ("spec", "sha256", "precision", "geometry")},
         preprocess=d["preprocess"],
         method=method.name,
-        multi_label=multi_label,
+        kind=kind,
         image_tuned=image_tuned,
     )
 
 
 def from_run(run: Path, device: str | None = None) -> tuple[Artifact, Backbone]:
     """The run's classifiers (text features computed once, here)."""
-    config, backbone, method = load_run(run, device)
-    tuned = bool(config["request"].get("finetune_image"))
-    return _artifact(backbone, method, [t["name"] for t in config["tasks"]], bool(config.get("multi_label")), tuned), backbone
+    config, backbone, method = R.load_run(run, device)
+    return _artifact(backbone, method, [t["name"] for t in config["tasks"]], config["kind"], method.tunes_image()), backbone
 
 
 def zero_shot(backbone_spec: str, classes: Path, templates: list[str] | None = None, device: str = "auto",
@@ -123,8 +103,8 @@ def zero_shot(backbone_spec: str, classes: Path, templates: list[str] | None = N
     if not names:
         raise CptError(f"--classes {classes} holds no class name.")
     backbone = load_backbone(backbone_spec, device, "fp32", clip_cache)
-    method = build_method("zeroshot", backbone, [names], {"templates": templates or []})
-    return _artifact(backbone, method, [Path(classes).stem], False), backbone
+    method = build_method("zeroshot", backbone, [names], {"template": templates or None})
+    return _artifact(backbone, method, [Path(classes).stem], "single-label"), backbone
 
 
 def load(path: Path, device: str = "auto", clip_cache: str | None = None) -> tuple[Artifact, Backbone]:

@@ -1,0 +1,5 @@
+"""`python -m cpt ...` (and `torchrun -m cpt ...`) runs the `cpt` command."""
+
+from cpt_cli.main import main
+
+main()

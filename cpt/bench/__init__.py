@@ -1,0 +1,1 @@
+"""`cpt bench`: the optimised prompt-tuning step against the naive one; SCPNet cache and step costs."""

@@ -1,0 +1,1 @@
+"""The CLIP core: backbone loading, text encoders, the prompt-learner core, templates."""

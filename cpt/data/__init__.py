@@ -1,0 +1,1 @@
+"""Data: tasks and their splits, label files, partial labels, recipes, the feature cache."""

@@ -1,0 +1,1 @@
+"""Deployment: a run as a standalone classifier, its exports, and prediction."""

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, evaluating runs and backbones, reports, comparisons."""

@@ -1,0 +1,121 @@
+"""Multi-label recognition with partial labels: label files, the known-entry protocol, the
+asymmetric loss over known entries, mAP and CP/CR/CF1/OP/OR/OF1, PR curves, thresholded predictions.
+
+Label sources (a folder with train.csv/test.csv, or --labels/--images/--test-labels) are read
+before the run directory exists. The partial-label protocol (a saved mask, one positive per
+image, or --known-ratio under the seed) decides what training sees; the run keeps the mask
+(mask_<task>.csv) and the targets it trained on (train_labels_<task>.csv).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from cpt.data.multilabel import UNKNOWN, LabelSource, MultiLabelTask, load_source
+from cpt.data.partial import mask_frame, partial_targets, read_mask
+from cpt.data.taskfile import TaskSpec
+from cpt.data.tasks import Skipped
+from cpt.errors import CptError
+from cpt.eval.metrics import TaskPredictions, multilabel_frames
+from cpt.eval.report import write_multilabel_report
+from cpt.io import write_csv
+from cpt.kinds.base import Evaluation, TaskKind
+from cpt.methods.losses import asymmetric_loss
+from cpt.options import Options, option
+
+PANEL = "Multi-label data and partial labels"
+
+
+@dataclass
+class MultiLabelOptions(Options):
+    labels: str | None = option(None, "Multi-label label file instead of --tasks: a wide CSV path,<class>... (1/0/-1 or "
+                                "blank), a long CSV path,labels (';'-joined positives), a COCO instances_*.json, a VOC "
+                                "folder or ImageSets/Main/<split>.txt. --tasks then only names the task.", panel=PANEL)
+    images: str | None = option(None, "Image root of --labels [default: the CSV's folder; COCO: ../<split> beside "
+                                "annotations/; VOC: JPEGImages].", panel=PANEL)
+    test_labels: str | None = option(None, "Test label file (same format and classes) [default: 30% of --labels, split "
+                                     "by --seed].", panel=PANEL)
+    unknown_value: int = option(-1, "Wide CSV: the cell value meaning unknown: -1 (then 0 is negative) or 0 (then -1 is "
+                                "negative).", panel=PANEL, low=-1, high=0)
+    known_ratio: float = option(1.0, "Keep each training (image, label) entry known with this probability (under "
+                                "--seed); the mask is saved in the run.", panel=PANEL, low=0, high=1, above=True)
+    mask: str | None = option(None, "Reuse a saved mask_<task>.csv (1 known, 0 hidden) instead of drawing one.",
+                              panel=PANEL)
+    single_positive: bool = option(False, "Keep one positive label per training image, every other entry unknown.",
+                                   panel=PANEL)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mask and (self.single_positive or self.known_ratio < 1):
+            raise CptError("--mask replaces --known-ratio and --single-positive; give only one of them.")
+
+
+class MultiLabel(TaskKind):
+    name = "multi-label"
+    Options = MultiLabelOptions
+    axis = "known_ratio"
+    headline = "mAP"
+
+    def check(self, settings: dict) -> None:
+        if settings.get("class_sample_rate"):
+            raise CptError("--class-sample-rate applies to single-label tasks only.")
+
+    def load(self, specs: list[TaskSpec], opts: MultiLabelOptions, seed: int) -> tuple[list[MultiLabelTask], list[Skipped]]:
+        if opts.mask and len(specs) != 1:
+            raise CptError("--mask holds the mask of one task; run the tasks separately.")
+        tasks, skipped = [], []
+        for spec in specs:
+            task, skip = load_source(spec.name, self._source(spec, opts, seed))
+            tasks.append(task)
+            skipped += skip
+        return tasks, skipped
+
+    @staticmethod
+    def _source(spec: TaskSpec, opts: MultiLabelOptions, seed: int) -> LabelSource:
+        if opts.labels:
+            return LabelSource(opts.labels, opts.test_labels, opts.images, opts.unknown_value, seed=seed)
+        return LabelSource.folder(spec.path)
+
+    def record(self, task: MultiLabelTask, spec: TaskSpec | None, opts: MultiLabelOptions, seed: int) -> dict:
+        return {"name": task.name, "title": task.title, "source": task.source, "classnames": task.classnames,
+                "label_source": asdict(self._source(spec, opts, seed))}
+
+    def save(self, run: Path, tasks: list[MultiLabelTask], failed: dict[str, str]) -> None:
+        """Nothing more: the label source is recorded and the masks are written with the targets."""
+
+    def restore(self, run: Path, recorded: list[dict]) -> list[MultiLabelTask]:
+        return [load_source(r["name"], LabelSource(**r["label_source"]))[0] for r in recorded]
+
+    def train_targets(self, task: MultiLabelTask, opts: MultiLabelOptions, seed: int, run: Path) -> np.ndarray:
+        labelled = task.splits["train"]
+        paths = [str(p) for p in labelled.paths]
+        known = read_mask(Path(opts.mask), paths, task.classnames) if opts.mask else None
+        targets = partial_targets(labelled.targets, opts.known_ratio, seed, opts.single_positive, known)
+        write_csv(run / f"mask_{task.name}.csv", mask_frame(paths, task.classnames, targets != UNKNOWN))
+        write_csv(run / f"train_labels_{task.name}.csv", mask_frame(paths, task.classnames, targets))
+        return targets.astype(np.int64)
+
+    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return asymmetric_loss(logits, targets)
+
+    def evaluate(self, scored: list[TaskPredictions], split: str, headline: dict[str, str] | None = None) -> Evaluation:
+        frames = [multilabel_frames(p.task, p.classnames, p.logits, p.y_true, split) for p in scored]
+        return Evaluation(pd.concat([m for m, _ in frames], ignore_index=True),
+                          pd.concat([pc for _, pc in frames], ignore_index=True), scored)
+
+    def write(self, out: Path, title: str, evaluation: Evaluation, details: dict[str, str]) -> None:
+        write_csv(out / "metrics.csv", evaluation.metrics)
+        write_csv(out / "per_class.csv", evaluation.per_class)
+        scores = {p.task: (p.logits, p.y_true) for p in evaluation.scored}
+        write_multilabel_report(out, title, evaluation.metrics, evaluation.per_class, scores, details)
+
+    def decode(self, logits: Tensor, top_k: int, threshold: float) -> tuple[list[int], list[float]]:
+        probs = torch.sigmoid(logits)
+        chosen = [i for i in probs.argsort(descending=True, stable=True).tolist() if probs[i] >= threshold]
+        return chosen, [float(probs[i]) for i in chosen]

@@ -1,0 +1,119 @@
+"""Single-label classification: one class per image, K shots per class, softmax cross-entropy,
+accuracy / mean per-class accuracy / macro-F1 / top-5, confusion matrices, top-k predictions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from cpt.data import tasks as D
+from cpt.data.taskfile import TaskSpec
+from cpt.errors import CptError
+from cpt.eval.metrics import TaskPredictions, metrics_frame, per_class_frame, predictions_frame
+from cpt.eval.report import write_single_label_report
+from cpt.io import write_csv
+from cpt.kinds.base import Evaluation, TaskKind
+from cpt.options import Options, option
+
+SPLITS_FILE = "splits.csv"
+PANEL = "Single-label data"
+
+
+@dataclass
+class SingleLabelOptions(Options):
+    shots: int = option(16, "Training images per class (0 = all).", panel=PANEL, low=0)
+
+
+class SingleLabel(TaskKind):
+    name = "single-label"
+    Options = SingleLabelOptions
+    axis = "shots"
+    headline = "headline"
+
+    def load(self, specs: list[TaskSpec], opts: SingleLabelOptions, seed: int) -> tuple[list[D.Task], list[D.Skipped]]:
+        tasks, skipped = [], []
+        for spec in specs:
+            task, skip = D.load_spec(spec, seed)
+            task, skip2 = D.few_shot(task, opts.shots, seed)
+            tasks.append(task)
+            skipped += skip + skip2
+        return tasks, skipped
+
+    def record(self, task: D.Task, spec: TaskSpec | None, opts: SingleLabelOptions, seed: int) -> dict:
+        return {"name": task.name, "title": task.title, "source": task.source, "classnames": task.classnames,
+                "metric": spec.metric if spec else "accuracy"}
+
+    def save(self, run: Path, tasks: list[D.Task], failed: dict[str, str]) -> None:
+        kept = [D.Task(t.name, t.classnames, {k: [s for s in v if str(s.path) not in failed] for k, v in t.splits.items()},
+                       t.source, t.title) for t in tasks]
+        write_csv(run / SPLITS_FILE, D.splits_frame(kept))
+
+    def restore(self, run: Path, recorded: list[dict]) -> list[D.Task] | None:
+        if not (run / SPLITS_FILE).exists():  # stopped before sampling was recorded: sample again
+            return None
+        return D.tasks_from_frame(D.read_splits(run / SPLITS_FILE), recorded)
+
+    def train_targets(self, task: D.Task, opts: SingleLabelOptions, seed: int, run: Path) -> np.ndarray:
+        return task.targets("train")
+
+    def check_training(self, task: D.Task, targets: np.ndarray) -> None:
+        missing = [name for c, name in enumerate(task.classnames) if c not in set(targets.tolist())]
+        if missing:
+            raise CptError(
+                f"Task {task.name!r}: class {missing[0]!r} has no readable training image left "
+                f"(see skipped.csv). Add images to that class or remove its folder."
+            )
+
+    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(logits, targets, reduction="sum")
+
+    def evaluate(self, scored: list[TaskPredictions], split: str, headline: dict[str, str] | None = None) -> Evaluation:
+        per_class = pd.concat([per_class_frame(p) for p in scored], ignore_index=True)
+        return Evaluation(metrics_frame(scored, split, headline), per_class, scored)
+
+    def write(self, out: Path, title: str, evaluation: Evaluation, details: dict[str, str]) -> None:
+        write_csv(out / "metrics.csv", evaluation.metrics)
+        write_csv(out / "per_class.csv", evaluation.per_class)
+        write_csv(out / "predictions.csv", pd.concat([predictions_frame(p) for p in evaluation.scored], ignore_index=True))
+        write_single_label_report(out, title, evaluation.scored, evaluation.metrics, evaluation.per_class, details)
+
+    def decode(self, logits: Tensor, top_k: int, threshold: float) -> tuple[list[int], list[float]]:
+        probs = torch.softmax(logits, dim=0)
+        chosen = probs.argsort(descending=True, stable=True)[: min(top_k, len(probs))].tolist()
+        return chosen, [float(probs[i]) for i in chosen]
+
+    def external(self, path: str, name: str, seed: int, classnames: list[str] | None) -> D.Task:
+        """A folder/CSV/JSON as one evaluation task: its test split, or every image if it has no split;
+        with the run's `classnames`, its classes mapped onto the run's."""
+        task, skipped = D.load_task(name, path, seed)
+        for s in skipped:
+            D.log.warning("skipped %s: %s", s.path, s.reason)
+        samples = task.splits["test"] if _has_test_split(path) else sorted(
+            (s for split in task.splits.values() for s in split), key=lambda s: str(s.path))
+        if classnames is not None:
+            unknown = [c for c in task.classnames if c not in classnames]
+            if unknown:
+                raise CptError(
+                    f"--data {path} has classes the run was not trained on: {', '.join(unknown[:5])}. "
+                    f"The run knows: {', '.join(classnames[:10])}{' ...' if len(classnames) > 10 else ''}."
+                )
+            remap = [classnames.index(c) for c in task.classnames]
+            samples = [D.Sample(s.path, remap[s.label]) for s in samples]
+        return D.Task(task.name, classnames or task.classnames, {"train": [], "val": [], "test": samples}, path,
+                      task.title)
+
+
+def _has_test_split(path: str) -> bool:
+    """Whether the data declares its test images (test/ folder, CSV split column, split JSON)."""
+    p = Path(path.split("@")[0])
+    if p.is_dir():
+        return (p / "test").is_dir()
+    if p.suffix.lower() == ".csv":
+        return "split" in pd.read_csv(p, nrows=0).columns
+    return True

@@ -1,0 +1,194 @@
+"""A `cpt fit` request and its resolution: which task kind, which method, every config.
+
+Every option is declared once (cpt.options): the run's own here, the kinds' in cpt.kinds, the
+training loop's and the cached views' beside them, each method's in its config. `fit_options`
+gathers them for the CLI; `plan` resolves a request — recipe presets, then the options given,
+over the declared defaults — and refuses what does not apply, before anything is written.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cpt.core.backbone import PRECISIONS
+from cpt.data.features import ViewOptions
+from cpt.data.recipes import recipe
+from cpt.data.taskfile import TaskSpec
+from cpt.data.tasks import resolve_tasks
+from cpt.errors import CptError
+from cpt.kinds import KINDS, TaskKind
+from cpt.methods import METHODS, Method, method_class
+from cpt.options import Options, build, declared, default_of, flag, option, option_names
+from cpt.train import TrainConfig
+
+PANEL = "Run"
+
+
+@dataclass
+class FitRequest(Options):
+    """What a `cpt fit` call asks for: the run's own settings, declared here, plus the kind,
+    method, training and view options the user gave (`options`, by name). config.json keeps it,
+    so `--resume` rebuilds the same run."""
+
+    method: str = option("coop", "The method; `cpt methods` lists them with their options.", panel=PANEL)
+    tasks: str = option("", "Tasks as NAME=PATH[,NAME=PATH...] (PATH: an image folder with train/ [val/] test/ or class "
+                        "folders, a CSV path,label[,split], a CoOp split JSON SPLIT.json[@IMAGE_ROOT], or a folder with "
+                        "multi-label train.csv and test.csv); a task file (.yaml/.json); or a recipe (`cpt data`).",
+                        panel=PANEL)
+    data_root: str | None = option(None, "Where benchmark recipes' datasets live [default: $CPT_DATA_ROOT or ~/data].",
+                                   panel=PANEL)
+    out: str = option("", "Run directory [default: runs/<method>-<tasks>-<shots>shot-seed<seed>, or "
+                      "-known<ratio>- for multi-label tasks].", panel=PANEL)
+    seed: int = option(1, "Seed of sampling, splits, initialisation and training order.", panel=PANEL, low=0,
+                       high=2**31 - 1)
+    backbone: str = option("RN50", "OpenAI CLIP name (RN50, ViT-B/16, ...), a checkpoint path, or toy.", panel=PANEL)
+    device: str = option("auto", "cpu, cuda, cuda:N or auto.", panel=PANEL)
+    precision: str = option("fp32", "Precision of the frozen CLIP.", panel=PANEL, choices=tuple(PRECISIONS))
+    cache_dir: str | None = option(None, "Feature cache [default: $CPT_CACHE or ~/.cache/cpt].", panel=PANEL)
+    clip_cache: str | None = option(None, "Where OpenAI CLIP weights are downloaded [default: ~/.cache/clip].",
+                                    panel=PANEL)
+    encode_batch_size: int = option(64, "Images per image-encoder batch when filling the feature cache.", panel=PANEL,
+                                    low=1)
+    options: dict[str, Any] = field(default_factory=dict)  # kind, method, training and view options given
+
+    def settings(self) -> dict[str, Any]:
+        """The run's own settings by name (everything but `options`)."""
+        return {f.name: getattr(self, f.name) for f in declared(FitRequest)}
+
+
+def option_classes(method: type[Method], kind: TaskKind) -> list[type]:
+    """The config classes whose options apply to `method` on tasks of `kind`."""
+    classes = [kind.Options, method.Config]
+    if method.trains:
+        classes.append(TrainConfig)
+    if "views" in method.uses:
+        classes.append(ViewOptions)
+    return classes
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One command-line option of `cpt fit`: its declaration and its default per owner."""
+
+    name: str
+    field: Any  # the dataclasses.Field that declares it
+    owner: type  # the first class declaring it (its type and help come from there)
+    defaults: dict[str, Any]  # owner label -> default
+
+    def default_text(self) -> str:
+        """`16`, or `16; scpnet: 4` when methods differ."""
+        shown = {label: _shown(v) for label, v in self.defaults.items()}
+        common = Counter(shown.values()).most_common(1)[0][0]
+        return "; ".join([common, *(f"{label}: {v}" for label, v in shown.items() if v != common)])
+
+
+def _shown(value: Any) -> str:
+    """A default as help text shows it."""
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return "''" if value == "" else str(value)
+
+
+def fit_options() -> list[OptionSpec]:
+    """Every option `cpt fit` accepts, once each, from the run, kind, training, view and
+    registered methods' declarations (in that order)."""
+    owners: list[tuple[str, type]] = [("run", FitRequest), *((k.name, k.Options) for k in KINDS.values()),
+                                      ("training", TrainConfig), ("views", ViewOptions)]
+    owners += [(name, cls.Config) for name, cls in METHODS.items()]
+    found: dict[str, OptionSpec] = {}
+    for label, cls in owners:
+        for f in declared(cls):
+            spec = found.setdefault(f.name, OptionSpec(f.name, f, cls, {}))
+            if f.metadata["help"] != spec.field.metadata["help"]:
+                raise TypeError(f"option {f.name} of {cls.__name__} is declared again with another help text")
+            spec.defaults[label] = default_of(f)
+    return list(found.values())
+
+
+@dataclass
+class Plan:
+    """A request resolved: the kind, the method, every config, the task specs; all checked."""
+
+    kind: TaskKind
+    method: type[Method]
+    specs: list[TaskSpec]
+    kind_options: Any
+    views: ViewOptions
+    train: TrainConfig | None
+    method_config: Any
+    settings: dict[str, Any]  # every resolved option by name
+
+
+def task_kind(req: FitRequest) -> tuple[TaskKind, list[TaskSpec], dict[str, Any]]:
+    """The kind of the request's tasks, their specs and the recipe's option presets."""
+    labels = req.options.get("labels")
+    if labels:
+        name = req.tasks or Path(labels).stem.removeprefix("instances_")
+        return KINDS["multi-label"], [TaskSpec(name, labels)], {}
+    if not req.tasks:
+        raise CptError("Give the tasks to train on with --tasks, e.g. --tasks pets=data/pets, or a multi-label "
+                       "--labels FILE (or --resume RUN).")
+    specs, multi_label = resolve_tasks(req.tasks, req.data_root)
+    named = recipe(req.tasks)
+    return KINDS["multi-label" if multi_label else "single-label"], specs, dict(named.defaults) if named else {}
+
+
+def _refuse_stray(req: FitRequest, method: type[Method], kind: TaskKind, allowed: set[str]) -> None:
+    stray = [name for name in req.options if name not in allowed]
+    if not stray:
+        return
+    owners = {spec.name: spec for spec in fit_options()}
+    where = []
+    for name in stray:
+        spec = owners.get(name)
+        users = [m for m, cls in METHODS.items() if spec and name in option_names(option_classes(cls, kind))]
+        where.append(f"{flag(name)} ({'used by ' + ', '.join(users) if users else 'not for ' + kind.name + ' tasks'})")
+    raise CptError(f"{', '.join(where)}: not an option of --method {method.name} on {kind.name} tasks. Drop it, or "
+                   f"see `cpt methods {method.name}` for what applies.")
+
+
+def plan(req: FitRequest) -> Plan:
+    """Resolve and check a request: presets of the recipe, then the options given, over each
+    declaration's default. Reads task listings only; writes nothing."""
+    method = method_class(req.method)
+    kind, specs, presets = task_kind(req)
+    if kind.name not in method.kinds:
+        raise CptError(f"--method {method.name} trains on {' and '.join(method.kinds)} tasks, and {req.tasks or 'these'} "
+                       f"are {kind.name}. Choose a method for {kind.name} tasks (`cpt methods` lists them).")
+    classes = option_classes(method, kind)
+    allowed = option_names(classes)
+    _refuse_stray(req, method, kind, allowed)
+    values = {**{k: v for k, v in presets.items() if k in allowed}, **req.options, "seed": req.seed}
+    kind_options = build(kind.Options, values)
+    views = build(ViewOptions, values)
+    train_cfg = None
+    if method.trains:
+        train_cfg = build(TrainConfig, values)
+        if train_cfg.epochs is None:
+            train_cfg.epochs = method.default_epochs(getattr(kind_options, "shots", None), kind.name)
+    settings = {**req.settings(), **asdict(kind_options), **asdict(views), **(asdict(train_cfg) if train_cfg else {})}
+    method_config = build(method.Config, {**settings, **values})
+    settings.update(asdict(method_config))
+    kind.check(settings)
+    method.check(method_config, kind.name, settings)
+    return Plan(kind, method, specs, kind_options, views, train_cfg, method_config, settings)
+
+
+def default_out(req: FitRequest) -> str:
+    """runs/<method>-<tasks>-<shots>shot-seed<seed> (or -known<ratio>- with --labels or a multi-label task)."""
+    labels = req.options.get("labels")
+    names = "+".join(n.split("=")[0] for n in req.tasks.split(",")) if req.tasks else Path(labels).stem
+    if labels or "known_ratio" in req.options:
+        return str(Path("runs") / f"{req.method}-{names}-known{req.options.get('known_ratio', 1.0):g}-seed{req.seed}")
+    return str(Path("runs") / f"{req.method}-{names}-{req.options.get('shots', 16)}shot-seed{req.seed}")
+
+
+def method_options(method: type[Method]) -> list[tuple[str, Any, str]]:
+    """(flag, default, help) of every option that applies to `method`, on any kind it supports."""
+    classes: list[type] = []
+    for name in method.kinds:
+        classes += [c for c in option_classes(method, KINDS[name]) if c not in classes]
+    return [(flag(f.name), default_of(f), f.metadata["help"]) for cls in classes for f in declared(cls)]
