@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import types
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
@@ -49,9 +50,10 @@ def _parameter(spec: OptionSpec) -> inspect.Parameter:
     if hint is bool:
         return inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY, default=False,
                                  annotation=Annotated[bool, info])
-    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)  # X | None -> X
+    if isinstance(hint, types.UnionType):  # X | None -> X
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
     return inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                             annotation=Annotated[Optional[base], info])
+                             annotation=Annotated[Optional[hint], info])
 
 
 def _controls() -> list[inspect.Parameter]:

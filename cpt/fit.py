@@ -152,8 +152,8 @@ def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitRe
         if resume and (run / SKIPPED).exists():
             earlier = [Skipped(**r) for r in pd.read_csv(run / SKIPPED, dtype=str, keep_default_na=False).to_dict("records")]
         data = [training_data(p, method, t, cache, run, req.seed) for t in tasks] if method.uses else []
-        if not method.tunes_image():  # the tuned encoder's test features only exist after training
-            split_features(tasks, cache)
+        # the test features now, so skipped.csv is complete before training (a tuned encoder's come after it)
+        tests = None if method.tunes_image() else split_features(tasks, cache)
         skipped = _skipped(tasks, cache.stats.failed, earlier)
         write_csv(run / SKIPPED, skipped)
         for s in skipped.itertuples():
@@ -162,7 +162,7 @@ def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitRe
         names = [t.name for t in tasks]
         _train_or_restore(p, method, data, run, R.load_checkpoint(run) if resume else None, backbone, names)
         headline = {r["name"]: r.get("metric", "accuracy") for r in records}
-        evaluation = p.kind.evaluate(score(tasks, method.classifiers(), cache), "test", headline)
+        evaluation = p.kind.evaluate(score(tasks, method.classifiers(), cache, features=tests), "test", headline)
         p.kind.write(run, f"cpt fit: {req.method} on {', '.join(names)}", evaluation, details(config))
         skipped = _skipped(tasks, cache.stats.failed, earlier)
         write_csv(run / SKIPPED, skipped)

@@ -17,7 +17,7 @@ NAMES = ["dog", "red sports car", "x", "sea lion of the north", "owl"]
 @pytest.mark.parametrize("position,class_specific", [("end", False), ("middle", False), ("end", True)])
 def test_a_class_subset_encodes_exactly_those_rows(position, class_specific):
     model = make_clip(TINY_VIT)
-    cfg = PromptConfig(n_ctx=4, position=position, class_specific=class_specific)
+    cfg = PromptConfig(n_ctx=4, class_token_position=position, class_specific=class_specific)
     prompts = ClassPrompts(model, NAMES, cfg)
     ctx = init_context(prompts, cfg, torch.Generator().manual_seed(0))
     rows = torch.tensor([0, 2, 4])
@@ -29,7 +29,7 @@ def test_gradient_checkpointing_changes_nothing_but_memory(position):
     model = make_clip(TINY_VIT)
     results = []
     for flag in (False, True):
-        cfg = PromptConfig(n_ctx=4, position=position, grad_checkpoint=flag)
+        cfg = PromptConfig(n_ctx=4, class_token_position=position, grad_checkpoint=flag)
         prompts = ClassPrompts(model, NAMES, cfg)
         ctx = init_context(prompts, cfg, torch.Generator().manual_seed(0)).requires_grad_()
         feats = prompts.encode(model, ctx)
@@ -53,8 +53,8 @@ def test_fit_with_every_approximate_option(tiny_clip, colours, tmp_path):
                        "--out", tmp_path / "r")
     assert 0 <= accuracy(summary) <= 100
     config = json.loads((tmp_path / "r" / "config.json").read_text())
-    assert config["train"]["class_sample_rate"] == 0.5 and config["train"]["amp"]
-    assert config["method_config"]["grad_checkpoint"]
+    assert config["resolved"]["train"]["class_sample_rate"] == 0.5 and config["resolved"]["train"]["amp"]
+    assert config["resolved"]["method"]["grad_checkpoint"]
 
 
 def test_bench_compares_both_paths_on_identical_logits():

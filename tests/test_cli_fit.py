@@ -70,7 +70,7 @@ def test_run_directory_contents(tiny_clip, colours, tmp_path):
     assert summary["run"] == str(run)
     config = json.loads((run / "config.json").read_text())
     assert config["status"] == "finished"
-    assert config["request"]["shots"] == 4 and config["train"]["epochs"] == 3
+    assert config["resolved"]["kind"]["shots"] == 4 and config["resolved"]["train"]["epochs"] == 3
     assert config["backbone"]["sha256"] and config["versions"]["torch"] == torch.__version__
     assert config["tasks"][0]["classnames"] == ["blue", "green", "red", "yellow ochre"]
 
@@ -208,9 +208,9 @@ def test_eval_reproduces_fit_and_evaluates_other_data(tiny_clip, colours, tmp_pa
 def test_templates_ensemble_and_custom(tiny_clip, colours, tmp_path):
     common = ["--method", "zeroshot", "--tasks", f"colours={colours}", "--backbone", tiny_clip]
     fit_json(*common, "--template", "ensemble", "--out", tmp_path / "e")
-    assert len(json.loads((tmp_path / "e" / "config.json").read_text())["method_config"]["templates"]) == 7
+    assert len(json.loads((tmp_path / "e" / "config.json").read_text())["resolved"]["method"]["template"]) == 7
     fit_json(*common, "--template", "a {} thing.", "--template", "a photo of a {}.", "--out", tmp_path / "c")
-    templates = json.loads((tmp_path / "c" / "config.json").read_text())["method_config"]["templates"]
+    templates = json.loads((tmp_path / "c" / "config.json").read_text())["resolved"]["method"]["template"]
     assert templates == ["a {} thing.", "a photo of a {}."]
     code, _, err = cli("fit", *common, "--template", "no placeholder", "--out", tmp_path / "bad")
     assert code == 2 and "{}" in err

@@ -66,7 +66,7 @@ def test_single_positive_and_ablation_runs(tiny_clip, ml_data, tmp_path):
     fit_json("--method", "scpnet", *common, "--single-positive", "--no-prior", "--no-gcn", "--out", tmp_path / "sp")
     kept = pd.read_csv(tmp_path / "sp" / "train_labels_train.csv").iloc[:, 1:].to_numpy()
     assert ((kept == 1).sum(axis=1) == 1).all() and set(np.unique(kept)) == {1, -1}
-    assert "no prior" in (tmp_path / "sp" / "report.md").read_text()
+    assert "| method | scpnet (single_positive, no_prior, no_gcn) |" in (tmp_path / "sp" / "report.md").read_text()
     # no --test-labels: a seeded 30 % of the labelled images is held out
     summary = fit_json("--method", "scpnet", *common, "--no-self-training", "--out", tmp_path / "ns")
     n_test = next(m["value"] for m in summary["metrics"] if m["metric"] == "n_images")
@@ -81,7 +81,7 @@ def test_multilabel_input_errors_exit_2(tiny_clip, ml_data, colours, tmp_path):
     assert code == 2 and "navy" in err and "blue" in err
     assert not (tmp_path / "x").exists()  # bad input leaves no run behind
     cases = [
-        (["--method", "scpnet", "--tasks", f"c={colours}"], "multi-label method"),
+        (["--method", "scpnet", "--tasks", f"c={colours}"], "trains on multi-label tasks"),
         (["--method", "coop", "--labels", ml_data / "train.csv", "--no-prior"], "--no-prior"),
         (["--method", "scpnet", "--labels", tmp_path / "missing.csv"], "missing.csv"),
         (["--method", "scpnet", "--labels", ml_data / "train.csv", "--images", ml_data / "images",

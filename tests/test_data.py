@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cpt.data.tasks import tasks as D
+from cpt.data import tasks as D
 from cpt.errors import CptError
 from cpt.io import write_csv
 from tests.conftest import write_image

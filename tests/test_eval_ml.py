@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cpt.evaluate_ml import run_label
+from cpt.eval.evaluate import run_label
 from cpt.data.multilabel import LabelSource
 from tests.conftest import write_image
 from tests.test_cli_fit import cli, fit_json
@@ -51,33 +51,41 @@ def test_several_runs_are_compared(ml_runs, tmp_path):
     assert code == 0, err
     assert json.loads(stdout)["out"] == str(out)
     table = pd.read_csv(out / "comparison.csv")
-    assert list(table.columns) == ["run", "label", "method", "known_ratio", "seed", "task", "mAP"]
+    assert list(table.columns) == ["run", "label", "method", "kind", "shots", "known_ratio", "seed", "task", "metric",
+                                   "value"]
     assert table.run.tolist() == [str(r) for r in ml_runs]
     assert table.known_ratio.tolist() == [0.5, 1.0, 1.0] and table.seed.tolist() == [1, 1, 2]
     assert set(table.label) == set(table.method) == {"zeroshot"} and set(table.task) == {"toy-ml"}
-    assert table.mAP.tolist() == pytest.approx([map_of(r) for r in ml_runs])
+    assert set(table.kind) == {"multi-label"} and set(table.metric) == {"mAP"}
+    assert table.value.tolist() == pytest.approx([map_of(r) for r in ml_runs])
     text = (out / "report.md").read_text()
-    assert "](map_vs_known_ratio.png)" in text and "| zeroshot | 1.00 | toy-ml |" in text
+    assert "](map_vs_known_ratio.png)" in text and "| zeroshot | 1.00 | toy-ml | mAP |" in text
     with Image.open(out / "map_vs_known_ratio.png") as im:
         im.verify()
         assert im.format == "PNG"
     assert all((r / "pr_toy-ml.png").exists() for r in ml_runs)  # each run re-evaluated into its folder
 
 
-def test_comparing_needs_out_and_multilabel_runs(ml_runs, tiny_clip, colours, tmp_path):
+def test_runs_of_both_kinds_are_compared_each_by_its_headline(ml_runs, tiny_clip, colours, tmp_path):
     code, _, err = cli("eval", *ml_runs[:2])
     assert code == 2 and "--out" in err
     single = tmp_path / "single"
     fit_json("--method", "zeroshot", "--tasks", f"colours={colours}", "--backbone", tiny_clip, "--out", single)
-    code, _, err = cli("eval", ml_runs[0], single, "--out", tmp_path / "c")
-    assert code == 2 and "single-label" in err and str(single) in err
-    assert not (tmp_path / "c").exists()
+    code, _, err = cli("eval", ml_runs[0], single, "--out", tmp_path / "c", "--quiet")
+    assert code == 0, err
+    table = pd.read_csv(tmp_path / "c" / "comparison.csv")
+    assert table.kind.tolist() == ["multi-label", "single-label"] and table.metric.tolist() == ["mAP", "headline"]
+    accuracy = pd.read_csv(single / "metrics.csv").query("metric == 'accuracy'").value.item()
+    assert table.value.tolist() == pytest.approx([map_of(ml_runs[0]), accuracy])
+    assert table.shots.isna().tolist() == [True, False] and table.known_ratio.isna().tolist() == [False, True]
+    text = (tmp_path / "c" / "report.md").read_text()
+    assert "](map_vs_known_ratio.png)" in text and "](accuracy_vs_shots.png)" in text
 
 
 def test_run_label_names_the_switched_on_flags():
-    assert run_label({"method": "coop"}) == "coop"
-    assert run_label({"method": "scpnet", "no_prior": True, "no_gcn": False, "single_positive": True}) == \
-        "scpnet (no_prior, single_positive)"
+    assert run_label({"method": "coop", "options": {"shots": 4}}) == "coop"
+    options = {"no_prior": True, "no_gcn": False, "single_positive": True, "known_ratio": 0.5}
+    assert run_label({"method": "scpnet", "options": options}) == "scpnet (no_prior, single_positive)"
 
 
 def test_tasks_reload_from_their_recorded_label_source(tiny_clip, tmp_path):
@@ -103,8 +111,3 @@ def test_tasks_reload_from_their_recorded_label_source(tiny_clip, tmp_path):
     code, _, err = cli("eval", run, "--quiet")
     assert code == 0, err
     assert pd.read_csv(run / "metrics.csv").query("metric == 'n_images'").value.item() == 8
-    del config["tasks"][0]["label_source"]  # a run from before label sources were recorded: its folder
-    (run / "config.json").write_text(json.dumps({**config, "tasks": [{**config["tasks"][0], "source": str(data)}]}))
-    code, _, err = cli("eval", run, "--quiet")
-    assert code == 0, err
-    assert pd.read_csv(run / "metrics.csv").query("metric == 'n_images'").value.item() == 4

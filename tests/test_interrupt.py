@@ -32,7 +32,7 @@ def test_sigint_leaves_a_resumable_run(tiny_clip, colours, tmp_path):
 
     # finish it quickly: resume uses the saved options, so shorten the run through its config
     config = json.loads((run / "config.json").read_text())
-    config["request"]["epochs"] = done + 1
+    config["request"]["options"]["epochs"] = done + 1
     (run / "config.json").write_text(json.dumps(config))
     out = subprocess.run([sys.executable, "-m", "cpt_cli.main", "fit", "--resume", str(run), "--json", "--quiet"],
                          env=env, capture_output=True, text=True, timeout=120)

@@ -19,7 +19,7 @@ NAMES = ["dog", "red car", "x-ray machine", "sea_lion"]
 def test_word_initialised_context_reproduces_the_written_prompt(geometry, position, template):
     """With the context set to the words' embeddings, features equal encode_text of the sentence."""
     model = make_clip(geometry)
-    cfg = PromptConfig(ctx_init="a photo of a", position=position)
+    cfg = PromptConfig(ctx_init="a photo of a", class_token_position=position)
     prompts = ClassPrompts(model, NAMES, cfg)
     got = prompts.encode(model, init_context(prompts, cfg))
     expected = model.encode_text(tokenize([template.format(n) for n in NAMES], model))
@@ -63,7 +63,7 @@ def test_prompts_are_truncated_at_the_longest_eot():
 
 def test_bad_position_is_a_user_error():
     with pytest.raises(CptError, match="end, middle, front"):
-        PromptConfig(position="left")
+        PromptConfig(class_token_position="left")
 
 
 @pytest.mark.parametrize("geometry", [TINY_VIT, TINY_RN], ids=["vit", "rn"])
@@ -73,7 +73,7 @@ def test_fast_paths_match_full_context_encoding_in_value_and_gradient(geometry, 
     """Shared-prefix / truncated encoding equals CLIP's encode_text over the full context."""
     model = make_clip(geometry)
     names = ["dog", "red sports car", "x", "sea lion of the north"]
-    cfg = PromptConfig(n_ctx=5, position=position, class_specific=class_specific)
+    cfg = PromptConfig(n_ctx=5, class_token_position=position, class_specific=class_specific)
     prompts = ClassPrompts(model, names, cfg)
     ctx = init_context(prompts, cfg, torch.Generator().manual_seed(0)).requires_grad_()
     weights = torch.randn(len(names), geometry["embed_dim"])

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from cpt.core.backbone import load_backbone
+from cpt.kinds import KINDS
 from cpt.methods import build_method
 from cpt.methods.base import TaskData
 from cpt.train import TrainConfig, train
@@ -61,10 +62,10 @@ def test_multi_task_loss_equals_an_independent_computation(backbone):
     method = build_method("softcpt", backbone, TASKS, {"variant": "nata"}, TITLES)
     gen = torch.Generator().manual_seed(0)
     data = [
-        TaskData("a", TASKS[0], torch.randn(5, 1, 32, generator=gen), torch.empty(5, 32), torch.tensor([0, 1, 2, 0, 1]),
-                 torch.empty(0, 32), torch.empty(0, dtype=torch.long)),
-        TaskData("b", TASKS[1], torch.randn(3, 1, 32, generator=gen), torch.empty(3, 32), torch.tensor([1, 0, 1]),
-                 torch.empty(0, 32), torch.empty(0, dtype=torch.long)),
+        TaskData("a", TASKS[0], KINDS["single-label"], torch.tensor([0, 1, 2, 0, 1]), torch.randn(5, 1, 32, generator=gen),
+                 torch.empty(5, 32), torch.empty(0, 32), torch.empty(0, dtype=torch.long)),
+        TaskData("b", TASKS[1], KINDS["single-label"], torch.tensor([1, 0, 1]), torch.randn(3, 1, 32, generator=gen),
+                 torch.empty(3, 32), torch.empty(0, 32), torch.empty(0, dtype=torch.long)),
     ]
     before = {k: p.detach().clone() for k, p in method.named_parameters()}
     # independent: every image's cross-entropy over its own task's classes, averaged over all 8 images
@@ -73,7 +74,7 @@ def test_multi_task_loss_equals_an_independent_computation(backbone):
     for t, d in enumerate(data):
         text = F.normalize(method.class_weights(t), dim=-1)
         logits = scale * F.normalize(d.train_views[:, 0], dim=-1) @ text.T
-        total = total + sum(-torch.log_softmax(logits[i], 0)[d.train_labels[i]] for i in range(len(logits)))
+        total = total + sum(-torch.log_softmax(logits[i], 0)[d.targets[i]] for i in range(len(logits)))
     (total / 8).backward()
     total = total.detach()
     grads = {k: p.grad.clone() for k, p in method.named_parameters()}

@@ -42,7 +42,7 @@ def test_known_ratio_sweep_with_ablations(tiny_clip, tmp_path):
     assert sorted(zip(maps.method, maps.known_ratio)) == [("scpnet+no-self-training", 0.2), ("scpnet+no-self-training", 0.6),
                                                           ("zeroshot", 0.2), ("zeroshot", 0.6)]
     config = json.loads((tmp_path / "scpnet+no-self-training-known0.2-seed1" / "config.json").read_text())
-    assert config["request"]["no_self_training"] and config["request"]["known_ratio"] == 0.2
+    assert config["request"]["options"]["no_self_training"] and config["resolved"]["kind"]["known_ratio"] == 0.2
     table = (tmp_path / "table.md").read_text().splitlines()
     assert table[0] == "| method | known 0.2 | known 0.6 |"
     zs = maps[maps.method == "zeroshot"]["value"]

@@ -142,4 +142,4 @@ def test_scpnet_on_partial_labels_beats_zero_shot_map(tmp_path):
     assert map_(scp) >= map_(zs) + 10, (map_(zs), map_(scp))
     assert map_(ablation) >= map_(zs) + 10, (map_(zs), map_(ablation))
     config = json.loads((tmp_path / "scp" / "config.json").read_text())
-    assert config["method_config"]["prior_template"] == "a photo of a {}." and config["request"]["strong_augment"] == "colour-safe"
+    assert config["resolved"]["method"]["prior_template"] == "a photo of a {}." and config["resolved"]["method"]["strong_augment"] == "colour-safe"

@@ -22,6 +22,7 @@ from PIL import Image
 from cpt.core.backbone import Backbone, Preprocess, resolve_device
 from cpt.bench.prompt import build_model, class_names, time_steps
 from cpt.data.features import AugmentSpec, FeatureCache
+from cpt.kinds import KINDS
 from cpt.methods import TaskData, build_method
 
 
@@ -86,8 +87,9 @@ def bench_step(geometry: str, n_classes: int, device: str = "auto", batch: int =
     gen = torch.Generator().manual_seed(0)
     n = 4 * batch
     targets = torch.randint(-1, 2, (n, n_classes), generator=gen)
-    data = TaskData("bench", names, torch.randn(n, views, dim, generator=gen), torch.empty(0, dim), targets,
-                    torch.empty(0, dim), torch.empty(0), torch.randn(n, views, dim, generator=gen))
+    data = TaskData("bench", names, KINDS["multi-label"], targets, train_views=torch.randn(n, views, dim, generator=gen),
+                    train_plain=torch.empty(0, dim), val=torch.empty(0, dim), val_targets=torch.empty(0),
+                    train_strong=torch.randn(n, views, dim, generator=gen))
     optimizer = torch.optim.SGD(method.param_groups(), lr=0.002, momentum=0.9)
 
     def step() -> torch.Tensor:

@@ -41,10 +41,12 @@ def split_features(tasks: list[Task], cache: FeatureCache, split: str = "test") 
     return out
 
 
-def score(tasks: list[Task], classifiers: list[Classifier], cache: FeatureCache, split: str = "test") -> list[TaskPredictions]:
-    """Every readable image of each task's split under its task's classifier."""
+def score(tasks: list[Task], classifiers: list[Classifier], cache: FeatureCache, split: str = "test",
+          features: list[tuple[Tensor, Tensor]] | None = None) -> list[TaskPredictions]:
+    """Every readable image of each task's split under its task's classifier (`features`: the
+    split's `split_features`, when already at hand)."""
     scored = []
-    for task, clf, (feats, keep) in zip(tasks, classifiers, split_features(tasks, cache, split)):
+    for task, clf, (feats, keep) in zip(tasks, classifiers, features or split_features(tasks, cache, split)):
         paths = task.paths(split)
         scored.append(TaskPredictions(task.name, task.classnames, task.targets(split)[keep.numpy()],
                                       clf.logits(feats).numpy(), [str(paths[i]) for i in keep.tolist()]))
