@@ -1,14 +1,20 @@
-"""Shared fixtures: a tiny random CLIP saved as a real checkpoint file, and image folders on disk."""
+"""Shared fixtures and helpers: a tiny random CLIP saved as a real checkpoint file, image folders
+on disk, and the real CLI invoked in-process."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from clip.model import CLIP
+from cpt_cli.main import app
 from PIL import Image
+from typer.testing import CliRunner
+
+from cpt import run as R
 
 # Visually separable classes: distinct colours, so even a random image encoder separates them.
 COLOURS = {
@@ -86,3 +92,37 @@ def _feature_cache(tmp_path_factory, monkeypatch) -> Path:
 def colours(tmp_path_factory) -> Path:
     """A train/val/test colour task (4 classes) shared by tests that only read it."""
     return colour_folder(tmp_path_factory.mktemp("data") / "colours", per_class=12, split=True)
+
+
+runner = CliRunner()
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, [str(a) for a in args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def fit_json(*args: str) -> dict:
+    code, out, err = cli("fit", *args, "--json", "--quiet")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def interrupt_after(monkeypatch, saves: int) -> None:
+    """Make the run's `saves`-th checkpoint save raise KeyboardInterrupt (as Ctrl-C would) once it is written."""
+    original, count = R.save_checkpoint, {"n": 0}
+
+    def save_then_interrupt(run, payload):
+        original(run, payload)
+        count["n"] += 1
+        if count["n"] == saves:
+            monkeypatch.setattr(R, "save_checkpoint", original)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(R, "save_checkpoint", save_then_interrupt)
+
+
+def accuracy(summary: dict, task: str = "colours") -> float:
+    return next(m["value"] for m in summary["metrics"] if m["task"] == task and m["metric"] == "accuracy")

@@ -8,8 +8,7 @@ import torch
 
 from cpt.core.prompt import ClassPrompts, PromptConfig, init_context
 from cpt.train import sample_classes
-from tests.conftest import TINY_VIT, make_clip
-from tests.test_cli_fit import accuracy, cli, fit_json
+from tests.conftest import TINY_VIT, accuracy, cli, fit_json, make_clip
 
 NAMES = ["dog", "red sports car", "x", "sea lion of the north", "owl"]
 

@@ -10,44 +10,9 @@ import pandas as pd
 import pytest
 import torch
 from cpt_cli.main import app
-from typer.testing import CliRunner
 
 from cpt import run as R
-from tests.conftest import colour_folder
-
-runner = CliRunner()
-
-
-def cli(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
-
-
-def fit_json(*args: str) -> dict:
-    code, out, err = cli("fit", *args, "--json", "--quiet")
-    assert code == 0, err
-    return json.loads(out)
-
-
-def interrupt_after(monkeypatch, saves: int) -> None:
-    """Make the run's `saves`-th checkpoint save raise KeyboardInterrupt (as Ctrl-C would) once it is written."""
-    original, count = R.save_checkpoint, {"n": 0}
-
-    def save_then_interrupt(run, payload):
-        original(run, payload)
-        count["n"] += 1
-        if count["n"] == saves:
-            monkeypatch.setattr(R, "save_checkpoint", original)
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(R, "save_checkpoint", save_then_interrupt)
-
-
-def accuracy(summary: dict, task: str = "colours") -> float:
-    return next(m["value"] for m in summary["metrics"] if m["task"] == task and m["metric"] == "accuracy")
-
+from tests.conftest import accuracy, cli, colour_folder, fit_json, interrupt_after, runner
 
 def test_tuned_prompts_and_linear_probe_beat_zero_shot(tiny_clip, colours, tmp_path):
     """On a visually separable task a random CLIP's zero-shot is near chance; learning must help."""

@@ -13,8 +13,7 @@ from PIL import Image
 
 from cpt.core.backbone import Preprocess
 from cpt.data.features import eval_transform
-from tests.conftest import COLOURS, write_image
-from tests.test_cli_fit import cli, fit_json, interrupt_after
+from tests.conftest import COLOURS, cli, fit_json, interrupt_after, write_image
 
 NAMES = list(COLOURS)
 

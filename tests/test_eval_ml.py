@@ -12,8 +12,7 @@ from PIL import Image
 
 from cpt.eval.evaluate import run_label
 from cpt.data.multilabel import LabelSource
-from tests.conftest import write_image
-from tests.test_cli_fit import cli, fit_json
+from tests.conftest import cli, fit_json, write_image
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from PIL import Image
 
 from cpt.core.backbone import Preprocess
 from cpt.data.features import eval_transform
-from tests.test_cli_fit import cli, fit_json
+from tests.conftest import cli, fit_json
 
 TOL = 1e-4
 

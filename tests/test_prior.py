@@ -9,7 +9,7 @@ import torch
 
 from cpt.core.backbone import load_backbone
 from cpt.methods.scpnet.prior import PriorConfig, agreement, build_prior, cooccurrence, label_prior
-from tests.test_cli_fit import cli
+from tests.conftest import cli
 
 NAMES = ["cat", "dog", "kitten", "car", "truck", "bus"]
 

@@ -5,8 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from tests.conftest import COLOURS, colour_folder
-from tests.test_cli_fit import cli, fit_json
+from tests.conftest import COLOURS, cli, colour_folder, fit_json
 
 
 def test_task_file_sets_titles_class_names_and_headline_metrics(tiny_clip, tmp_path):

@@ -9,8 +9,7 @@ from cpt.kinds import KINDS
 from cpt.methods import build_method
 from cpt.methods.base import TaskData
 from cpt.train import TrainConfig, train
-from tests.conftest import COLOURS, colour_folder
-from tests.test_cli_fit import fit_json
+from tests.conftest import COLOURS, colour_folder, fit_json
 
 TASKS = [["dog", "cat", "owl"], ["red car", "blue bus"]]
 TITLES = ["animal", "vehicle"]

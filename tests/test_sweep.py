@@ -5,7 +5,7 @@ import json
 import pandas as pd
 from PIL import Image
 
-from tests.test_cli_fit import cli
+from tests.conftest import cli
 
 
 def test_sweep_gathers_and_reuses_runs(tiny_clip, colours, tmp_path):

@@ -12,7 +12,7 @@ from cpt_datasets import toy_world as W
 from sklearn.metrics import average_precision_score
 
 from cpt.core.backbone import BUILTIN, load_backbone
-from tests.test_cli_fit import cli, fit_json
+from tests.conftest import cli, fit_json
 
 
 def test_generator_is_deterministic_by_seed():
