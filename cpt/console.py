@@ -55,7 +55,11 @@ def log_to_file(path: Path) -> logging.Handler:
 
 
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-    """Iterate with a rich progress bar on stderr (hidden with --quiet)."""
+    """Iterate with a rich progress bar on stderr (hidden with --quiet); when stderr is not a
+    terminal (a log file, a pipe, a scheduler), a plain line at each quarter instead."""
+    if not console.is_terminal:
+        yield from _plain(items, description, total)
+        return
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -67,3 +71,13 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
     )
     with progress:
         yield from progress.track(items, total=total, description=description)
+
+
+def _plain(items: Iterable[T], description: str, total: int | None) -> Iterator[T]:
+    total = total if total is not None else len(items) if hasattr(items, "__len__") else None  # type: ignore[arg-type]
+    marks = {max(1, round(total * k / 4)) for k in (1, 2, 3, 4)} if total else set()
+    for done, item in enumerate(items, start=1):
+        yield item
+        if done in marks and not _state["quiet"]:
+            sys.stderr.write(f"{description}: {done}/{total}\n")
+            sys.stderr.flush()
