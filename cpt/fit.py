@@ -123,7 +123,7 @@ def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitRe
         config = R.read_config(Path(req.out))
         req = FitRequest(**{**config["request"], "out": req.out})
     p = plan(req)
-    run = Path(req.out or default_out(req))
+    run = Path(req.out or default_out(req, p))
     restored = p.kind.restore(run, config["tasks"]) if config else None
     if restored is not None:
         tasks, earlier, records = restored, [], config["tasks"]

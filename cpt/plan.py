@@ -41,7 +41,7 @@ class FitRequest(Options):
     data_root: str | None = option(None, "Where benchmark recipes' datasets live [default: $CPT_DATA_ROOT or ~/data].",
                                    panel=PANEL)
     out: str = option("", "Run directory [default: runs/<method>-<tasks>-<shots>shot-seed<seed>, or "
-                      "-known<ratio>- for multi-label tasks].", panel=PANEL)
+                      "known<ratio> for multi-label tasks].", panel=PANEL)
     seed: int = option(1, "Seed of sampling, splits, initialisation and training order.", panel=PANEL, low=0,
                        high=2**31 - 1)
     backbone: str = option("RN50", "OpenAI CLIP name (RN50, ViT-B/16, ...), a checkpoint path, or toy.", panel=PANEL)
@@ -177,13 +177,17 @@ def plan(req: FitRequest) -> Plan:
     return Plan(kind, method, specs, kind_options, views, train_cfg, method_config, settings)
 
 
-def default_out(req: FitRequest) -> str:
-    """runs/<method>-<tasks>-<shots>shot-seed<seed> (or -known<ratio>- with --labels or a multi-label task)."""
+def axis_stem(axis: str, value: Any) -> str:
+    """A run's place on its kind's axis, as run directories name it: `4shot`, `known0.3`."""
+    return f"known{value:g}" if axis == "known_ratio" else f"{value}shot"
+
+
+def default_out(req: FitRequest, p: Plan) -> str:
+    """runs/<method>-<tasks>-<4shot | known0.3>-seed<seed>."""
     labels = req.options.get("labels")
     names = "+".join(n.split("=")[0] for n in req.tasks.split(",")) if req.tasks else Path(labels).stem
-    if labels or "known_ratio" in req.options:
-        return str(Path("runs") / f"{req.method}-{names}-known{req.options.get('known_ratio', 1.0):g}-seed{req.seed}")
-    return str(Path("runs") / f"{req.method}-{names}-{req.options.get('shots', 16)}shot-seed{req.seed}")
+    stem = axis_stem(p.kind.axis, getattr(p.kind_options, p.kind.axis))
+    return str(Path("runs") / f"{req.method}-{names}-{stem}-seed{req.seed}")
 
 
 def method_options(method: type[Method]) -> list[tuple[str, Any, str]]:

@@ -19,7 +19,7 @@ from cpt.console import log
 from cpt.errors import CptError
 from cpt.eval.report import AXIS_PLOTS, plot_against
 from cpt.fit import fit
-from cpt.plan import FitRequest, option_classes, task_kind
+from cpt.plan import FitRequest, axis_stem, option_classes, task_kind
 from cpt.io import write_csv, write_text
 from cpt.kinds import TaskKind
 from cpt.methods import method_class
@@ -60,8 +60,7 @@ def sweep(base: FitRequest, methods: list[str], shots: list[int], seeds: list[in
         shared = {k: v for k, v in base.options.items() if k in option_names(option_classes(method_class(method), kind))}
         for value in values:
             for seed in seeds:
-                stem = f"known{value:g}" if axis == "known_ratio" else f"{value}shot"
-                run = out / f"{label}-{stem}-seed{seed}"
+                run = out / f"{label}-{axis_stem(axis, value)}-seed{seed}"
                 done = R.is_run(run) and R.read_config(run).get("status") == "finished"
                 if not done:
                     log.info("sweep: %s, %s %s, seed %d", label, axis, value, seed)

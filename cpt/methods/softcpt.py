@@ -46,11 +46,11 @@ class SoftCPT(PromptMethod):
     """Meta network from task (and class) features to each task's prompt context."""
 
     name = "softcpt"
+    kinds = ("single-label",)
+    task_mean = False
     Config = SoftCPTConfig
     summary = ("SoftCPT: a task-shared meta network turns each task name into its prompt context "
                "(Ding et al., 2022, arXiv:2208.13474).")
-    kinds = ("single-label",)
-    task_mean = False
 
     def __init__(self, backbone: Backbone, classnames: list[list[str]], cfg: SoftCPTConfig,
                  titles: list[str] | None = None) -> None:
