@@ -5,9 +5,12 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
+import threading
 import traceback
-from typing import Annotated, Any, Callable
+from contextlib import contextmanager
+from typing import Annotated, Any, Callable, Iterator
 
 import pandas as pd
 import typer
@@ -16,7 +19,42 @@ from rich.table import Table
 from cpt import __version__
 from cpt.console import console, setup
 from cpt.errors import CptError
+from cpt.io import FULL, IN_THE_WAY, REFUSED, write_refused
 from cpt.methods import METHODS
+
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (what `timeout`, `kill` and job schedulers send) or SIGHUP (the terminal went away),
+    raised like Ctrl-C's KeyboardInterrupt so that every cleanup Ctrl-C runs runs for them too."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop(signum: int, frame: Any) -> None:
+    signal.signal(signum, signal.SIG_DFL)  # a second one while cleaning up ends the process at once
+    raise Stopped(signum)
+
+
+@contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """While a command runs, SIGTERM and SIGHUP interrupt it as Ctrl-C does (checkpoint kept,
+    status "interrupted", temp files removed, exit 2). A signal the caller ignores (`nohup`) or
+    handles itself stays as it was."""
+    installed = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
+            if signal.getsignal(sig) == signal.SIG_DFL:
+                installed[sig] = signal.signal(sig, _stop)
+    try:
+        yield
+    finally:
+        for sig, previous in installed.items():
+            signal.signal(sig, previous)
+
 
 def _version(value: bool) -> None:
     if value:
@@ -48,35 +86,63 @@ app = new_app()  # the commands other modules register; cpt_cli.main adds `cpt f
 
 
 def command(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Map outcomes to exit codes: 0 ok, 2 bad input or interrupted (one paragraph), 1 a bug."""
+    """Map outcomes to exit codes: 0 ok, 2 bad input or interrupted (Ctrl-C, SIGTERM, SIGHUP; one
+    paragraph), 1 a bug (with its traceback)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         setup(quiet=bool(kwargs.get("quiet")))
         try:
-            return fn(*args, **kwargs)
+            with stop_signals_interrupt():
+                return fn(*args, **kwargs)
         except CptError as exc:
             console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            how = f" by {exc.args[0]}" if isinstance(exc, Stopped) else ""
             console.print(
-                "[bold red]interrupted:[/] nothing already written was lost. A `cpt fit` run keeps the "
+                f"[bold red]interrupted{how}:[/] nothing already written was lost. A `cpt fit` run keeps the "
                 "checkpoint of its last finished epoch: continue it with `cpt fit --resume RUN`.",
                 highlight=False,
                 soft_wrap=True,
             )
             raise typer.Exit(2) from None
         except BrokenPipeError:  # the reader went away (`cpt predict ... | head`): stop quietly
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            _silence_stdout()
             raise typer.Exit(0) from None
         except typer.Exit:
             raise
+        except OSError as exc:  # permissions, a read-only or full disk: the user's to fix, not a bug
+            if exc.errno in FULL:
+                message = str(write_refused(exc.filename or "a file", exc))
+            elif exc.errno in REFUSED:
+                fix = "Choose" if exc.errno in IN_THE_WAY else "Make it accessible, or choose"
+                message = (f"cpt cannot use {exc.filename or 'a file it needs'}: {REFUSED[exc.errno]}. {fix} "
+                           "another place (--out, --cache-dir or $CPT_CACHE).")
+            else:
+                _internal_error()
+            console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
         except Exception:  # a bug: show everything
-            traceback.print_exc(file=sys.stderr)
-            console.print("[bold red]internal error[/] (a bug in cpt): please report it with the traceback above.")
-            raise typer.Exit(1) from None
+            _internal_error()
 
     return wrapper
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so flushing what is still buffered at exit cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is not a real file (a test runner's buffer)
+        pass
+
+
+def _internal_error() -> None:
+    traceback.print_exc(file=sys.stderr)
+    console.print("[bold red]internal error[/] (a bug in cpt): please report it with the traceback above.")
+    raise typer.Exit(1) from None
 
 
 def emit_json(obj: Any) -> None:

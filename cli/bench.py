@@ -11,6 +11,18 @@ from rich.table import Table
 from cpt.bench.prompt import GEOMETRIES, as_dicts, machine, run_bench
 from cpt.bench.scpnet import run_scpnet_bench
 from cpt.console import console
+from cpt.errors import CptError
+
+
+def _counts(text: str) -> list[int]:
+    """--classes as whole numbers, each at least 1."""
+    try:
+        counts = [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise CptError(f"--classes takes comma-separated class counts of at least 1, e.g. 10,100,1191 (got {text!r}).")
+    return counts
 
 
 @app.command("bench", epilog="""Examples:
@@ -34,7 +46,7 @@ def bench_cmd(
     quiet: Annotated[bool, typer.Option(help="No table on stderr.")] = False,
 ) -> None:
     """Time the optimised training step against a naive CoOp loop (full context, images re-encoded)."""
-    counts = [int(c) for c in (classes or ("20,80,1000" if scpnet else "10,100,1191,5000")).split(",") if c.strip()]
+    counts = _counts(classes or ("20,80,1000" if scpnet else "10,100,1191,5000"))
     if scpnet:
         _scpnet(list(geometry or ["tiny", "toy"]), counts, device, repeats, json_out, quiet)
         return

@@ -13,7 +13,8 @@ from cpt_cli.app import app, command
 
 from cpt.deploy import artifact as A
 from cpt.io import atomic_path
-from cpt.deploy.predict import list_images, predict
+from cpt.deploy.predict import check_options, list_images, predict
+from cpt.errors import CptError
 
 
 def _write(rows, fh: TextIO, jsonl: bool) -> int:
@@ -54,6 +55,9 @@ def predict_cmd(
     quiet: Annotated[bool, typer.Option(help="No progress bars or info messages.")] = False,
 ) -> None:
     """Label images: top-k classes (single-label) or the classes above a threshold (multi-label)."""
+    check_options(top_k, threshold)
+    if out is not None and out.is_dir():
+        raise CptError(f"--out {out} is a folder; give the file to write the predictions to, e.g. {out / 'predictions.csv'}.")
     artifact, backbone = A.load(source, device)
     rows = predict(artifact, backbone, list_images(images), task, top_k, threshold)
     if out is None:

@@ -11,6 +11,7 @@ import typer
 from cpt_cli.app import app, command, emit_json
 
 from cpt.core.backbone import load_backbone
+from cpt.deploy.artifact import read_class_names
 from cpt.console import console
 from cpt.data.tasks import resolve_tasks
 from cpt.errors import CptError
@@ -22,9 +23,7 @@ from cpt.methods.scpnet.prior import PriorConfig, agreement, cooccurrence, label
 def _classes(tasks: Optional[str], classes: Optional[Path]) -> tuple[list[str], Optional[np.ndarray]]:
     """Class names, and the training targets when they come from a multi-label task."""
     if classes is not None:
-        if not classes.is_file():
-            raise CptError(f"--classes {classes} does not exist; give a text file with one class name per line.")
-        return [c.strip().replace("_", " ") for c in classes.read_text().splitlines() if c.strip()], None
+        return read_class_names(classes), None
     if tasks is None:
         raise CptError("Give the classes: --classes FILE (one per line) or --tasks with a multi-label task.")
     specs, multi = resolve_tasks(tasks)

@@ -16,10 +16,19 @@ from cpt.sweep import sweep
 
 def _numbers(text: str, option: str, kind: type = int) -> list:
     try:
-        return [kind(x) for x in text.split(",") if x.strip()]
+        values = [kind(x) for x in text.split(",") if x.strip()]
     except ValueError as exc:
         example = "1,2,4,8,16" if kind is int else "0.1,0.3,0.5,0.7,0.9"
         raise CptError(f"{option} takes comma-separated numbers, e.g. {example} (got {text!r}).") from exc
+    return _once(values, option)
+
+
+def _once(values: list, option: str) -> list:
+    """Refuse a value given twice: its runs would be counted twice in the mean and std."""
+    twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
+    if twice is not None:
+        raise CptError(f"{option} names {twice} twice; give each value once.")
+    return values
 
 
 @app.command("sweep", epilog="""Examples:
@@ -49,7 +58,7 @@ def sweep_cmd(
     options = {k: v for k, v in {"epochs": epochs, "ctx_init": ctx_init}.items() if v is not None}
     base = FitRequest(tasks=tasks, backbone=backbone, device=device, options=options)
     ratios = _numbers(known_ratios, "--known-ratios", float) if known_ratios else None
-    results = sweep(base, [m.strip() for m in methods.split(",") if m.strip()], _numbers(shots, "--shots"),
+    results = sweep(base, _once([m.strip() for m in methods.split(",") if m.strip()], "--methods"), _numbers(shots, "--shots"),
                     _numbers(seeds, "--seeds"), out, ratios)
     if json_out:
         emit_json(results.to_dict(orient="records"))

@@ -9,6 +9,7 @@ the same sampled images.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -118,9 +119,11 @@ def _train_or_restore(p: Plan, method: Method, data: list[TaskData], run: Path, 
 def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitResult:
     """Run (or resume) a whole `cpt fit` into `req.out`."""
     t0 = time.perf_counter()
-    config = None
-    if resume:
+    config = checkpoint = None
+    if resume:  # every file the run resumes from is checked before anything is written
         config = R.read_config(Path(req.out))
+        R.check_splits(Path(req.out))
+        checkpoint = R.load_checkpoint(Path(req.out))
         req = FitRequest(**{**config["request"], "out": req.out})
     p = plan(req)
     run = Path(req.out or default_out(req, p))
@@ -131,10 +134,13 @@ def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitRe
         tasks, earlier = p.kind.load(p.specs, p.kind_options, req.seed)
         records = [p.kind.record(t, s, p.kind_options, req.seed) for t, s in zip(tasks, p.specs)]
     backbone = load_backbone(req.backbone, req.device, req.precision, req.clip_cache)
+    if config:  # resuming: the prompt learned so far belongs to the backbone the run started with
+        R.check_backbone(backbone, config["backbone"]["sha256"], f"the run {run}")
     method = p.method(backbone, [t.classnames for t in tasks], p.method_config, [t.title for t in tasks])
     if not resume:
         run = R.prepare(run, overwrite=overwrite)
     handler = log_to_file(run / "fit.log")
+    written = None  # this call's config.json, once written: its status says how the call ended
     try:
         log.info("%s run %s (method %s)", "resuming" if resume else "starting", run, req.method)
         config = {
@@ -148,6 +154,7 @@ def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitRe
             "status": "running",
         }
         R.write_config(run, config)
+        written = config
         cache = FeatureCache(backbone, Path(req.cache_dir) if req.cache_dir else None, req.encode_batch_size)
         if resume and (run / SKIPPED).exists():
             earlier = [Skipped(**r) for r in pd.read_csv(run / SKIPPED, dtype=str, keep_default_na=False).to_dict("records")]
@@ -160,16 +167,25 @@ def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitRe
             log.warning("skipped %s (%s): %s", s.path, s.task, s.reason)
         p.kind.save(run, tasks, cache.stats.failed)
         names = [t.name for t in tasks]
-        _train_or_restore(p, method, data, run, R.load_checkpoint(run) if resume else None, backbone, names)
+        _train_or_restore(p, method, data, run, checkpoint, backbone, names)
         headline = {r["name"]: r.get("metric", "accuracy") for r in records}
         evaluation = p.kind.evaluate(score(tasks, method.classifiers(), cache, features=tests), "test", headline)
         p.kind.write(run, f"cpt fit: {req.method} on {', '.join(names)}", evaluation, details(config))
         skipped = _skipped(tasks, cache.stats.failed, earlier)
         write_csv(run / SKIPPED, skipped)
         R.write_config(run, {**config, "status": "finished"})
+        written = None
         log.info("finished: %s", run)
         return FitResult(run, evaluation.metrics, cache.stats.encoded, cache.stats.cached, len(skipped),
                          time.perf_counter() - t0)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGHUP raised as one by the CLI
+        handler.handle(log.makeRecord(log.name, logging.WARNING, __file__, 0, "interrupted (%s): `cpt fit --resume %s` "
+                                      "continues from the last checkpoint", (str(exc) or "SIGINT", run), None))
+        R.mark_status(run, written, "interrupted")
+        raise
+    except BaseException as exc:
+        R.mark_status(run, written, "failed", f"{type(exc).__name__}: {exc}")
+        raise
     finally:
         log.removeHandler(handler)
         handler.close()

@@ -4,23 +4,28 @@ resume and evaluate it (config.json, checkpoint.pt, splits.csv, CSV results, rep
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
+import warnings
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from cpt import __version__
 from cpt.console import log
 from cpt.core.backbone import Backbone, load_backbone
+from cpt.data.tasks import read_splits
 from cpt.errors import CptError
-from cpt.io import save_torch, write_json
+from cpt.io import save_torch, short_reason, write_json
 from cpt.methods import Method, build_method
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"
+SPLITS = "splits.csv"  # single-label runs: every sampled image, its split and label
 
 
 def is_run(folder: Path) -> bool:
@@ -73,6 +78,17 @@ def write_config(run: Path, config: dict) -> None:
     write_json(run / CONFIG, config)
 
 
+def mark_status(run: Path, config: dict | None, status: str, error: str | None = None) -> None:
+    """Record how a `cpt fit` call ended ("interrupted", "failed") in the config.json it wrote
+    (`config`; None: it wrote none). Best effort: never hides the error that ended the call."""
+    if config is None:
+        return
+    try:
+        write_config(run, {**config, "status": status, **({"error": error[:500]} if error else {})})
+    except Exception as exc:  # a full or read-only disk: the original error matters more
+        log.warning("could not record status %r in %s: %s", status, Path(run) / CONFIG, exc)
+
+
 def read_config(run: Path) -> dict:
     """config.json of a run, or a clear error when `run` is not a run directory of this cpt."""
     path = Path(run) / CONFIG
@@ -86,6 +102,25 @@ def read_config(run: Path) -> dict:
         raise CptError(f"{path} was not written by this version of cpt (it lacks the run's kind and resolved "
                        "options); re-run the fit to get a run this cpt can read.")
     return config
+
+
+def check_splits(run: Path) -> None:
+    """Refuse a run whose recorded splits (splits.csv, single-label runs) are damaged: unreadable,
+    without the task, split, path or label column, or with a label that is not a class index."""
+    path = Path(run) / SPLITS
+    if not path.exists():
+        return
+    fix = "Restore the run's original splits.csv, or re-run the fit with --overwrite."
+    try:
+        frame = read_splits(path)
+    except ValueError as exc:  # empty, truncated mid-quote, not text
+        raise CptError(f"{path} is damaged ({short_reason(exc)}). {fix}") from exc
+    missing = [c for c in ("task", "split", "path", "label") if c not in frame.columns]
+    if missing:
+        raise CptError(f"{path} is damaged: it has no {', '.join(missing)} column. {fix}")
+    labels = pd.to_numeric(frame["label"], errors="coerce")
+    if labels.isna().any() or (labels % 1 != 0).any():
+        raise CptError(f"{path} is damaged: its label column holds something other than class numbers. {fix}")
 
 
 def checkpoint_payload(method, tasks: list[str], backbone, train_state: dict | None, done: bool) -> dict:
@@ -113,11 +148,36 @@ def load_checkpoint(run: Path) -> dict | None:
     path = Path(run) / CHECKPOINT
     if not path.exists():
         return None
+    fix = "Re-run the fit with --overwrite, or restore the file."
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on old pickle protocols: the error says it all
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for damaged or foreign files
-        raise CptError(f"{path} is damaged or not a cpt checkpoint ({type(exc).__name__}: {str(exc)[:200]}). "
-                       "Re-run the fit with --overwrite, or restore the file.") from exc
+        raise CptError(f"{path} is damaged or not a cpt checkpoint ({short_reason(exc)}). {fix}") from exc
+    if not isinstance(payload, dict) or not {"method", "state", "done"} <= set(payload):
+        raise CptError(f"{path} is not a cpt checkpoint (it lacks the method and its learned state). {fix}")
+    return payload
+
+
+BACKBONE_CHANGE_OK = "CPT_ACCEPT_BACKBONE_CHANGE"  # =1: use a changed backbone file anyway (a re-saved copy)
+
+
+def check_backbone(backbone: Backbone, expected: str, what: str) -> None:
+    """Refuse a backbone whose checksum differs from the one `what` was made with: its features,
+    and so every number computed from them, would belong to another model."""
+    if backbone.checksum == expected:
+        return
+    if os.environ.get(BACKBONE_CHANGE_OK) == "1":
+        log.warning("the backbone %s (sha256 %s) is not the one %s was made with (sha256 %s); used anyway because "
+                    "%s=1", backbone.spec, backbone.checksum[:12], what, expected[:12], BACKBONE_CHANGE_OK)
+        return
+    raise CptError(
+        f"The backbone {backbone.spec} has changed since {what} was made: its file's sha256 is now "
+        f"{backbone.checksum}, and {what} was made with {expected}. Results would come from another model. Restore "
+        f"that file (or pass the backbone it was made with); if the file only was re-saved with the same weights, "
+        f"set {BACKBONE_CHANGE_OK}=1 to use it anyway."
+    )
 
 
 def load_run(run: Path, device: str | None = None, precision: str | None = None, clip_cache: str | None = None,
@@ -126,13 +186,13 @@ def load_run(run: Path, device: str | None = None, precision: str | None = None,
     `overrides` replace resolved method options (e.g. another zero-shot template)."""
     config = read_config(run)
     checkpoint = load_checkpoint(run)
+    check_splits(run)
     if not checkpoint or not checkpoint.get("done"):
         raise CptError(f"The run {run} has not finished training; finish it with `cpt fit --resume {run}`.")
     request = config["request"]
     backbone = load_backbone(request["backbone"], device or request["device"], precision or request["precision"],
                              clip_cache or request.get("clip_cache"))
-    if backbone.checksum != config["backbone"]["sha256"]:
-        log.warning("the backbone's checksum differs from the one run %s was trained with", run)
+    check_backbone(backbone, config["backbone"]["sha256"], f"the run {run}")
     options = {**config["resolved"]["method"], **(overrides or {})}
     method = build_method(request["method"], backbone, [t["classnames"] for t in config["tasks"]], options,
                           [t["title"] for t in config["tasks"]])

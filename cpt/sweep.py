@@ -8,8 +8,9 @@ finished runs are reused, so an interrupted sweep continues where it stopped.
 
 from __future__ import annotations
 
+import json
 import typing
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
@@ -61,11 +62,8 @@ def sweep(base: FitRequest, methods: list[str], shots: list[int], seeds: list[in
         for value in values:
             for seed in seeds:
                 run = out / f"{label}-{axis_stem(axis, value)}-seed{seed}"
-                done = R.is_run(run) and R.read_config(run).get("status") == "finished"
-                if not done:
-                    log.info("sweep: %s, %s %s, seed %d", label, axis, value, seed)
-                    options = {**shared, axis: value, **flags}
-                    fit(replace(base, method=method, seed=seed, out=str(run), options=options), overwrite=True)
+                options = {**shared, axis: value, **flags}
+                _run_once(replace(base, method=method, seed=seed, out=str(run), options=options))
                 frames.append(pd.read_csv(run / "metrics.csv").assign(method=label, **{axis: value}, seed=seed))
     results = pd.concat(frames, ignore_index=True)
     write_csv(out / "results.csv", results)
@@ -74,6 +72,33 @@ def sweep(base: FitRequest, methods: list[str], shots: list[int], seeds: list[in
     per_run = per_run_headline(results, kind).rename(columns={"method": "label"})
     plot_against(per_run, axis, out / AXIS_PLOTS[axis][0])
     return results
+
+
+HOW_NOT_WHAT = ("out", "device", "cache_dir", "clip_cache", "encode_batch_size")  # request fields results ignore
+
+
+def _same_run(config: dict, req: FitRequest) -> bool:
+    """Whether the run `config` describes was asked for with the same options as `req`."""
+    wanted = json.loads(json.dumps(asdict(req), default=str))
+    return all(config["request"].get(k) == v for k, v in wanted.items() if k not in HOW_NOT_WHAT)
+
+
+def _run_once(req: FitRequest) -> None:
+    """Fit `req` into `req.out` unless that run already finished with the same options; an
+    interrupted one resumes from its checkpoint; one made with other options is run again."""
+    run = Path(req.out)
+    config = R.read_config(run) if R.is_run(run) else None
+    same = config is not None and _same_run(config, req)
+    if same and config.get("status") == "finished":
+        return
+    if same and (run / R.CHECKPOINT).exists():
+        log.info("sweep: resuming %s", run)
+        fit(FitRequest(out=str(run)), resume=True)
+        return
+    if config is not None and not same:
+        log.warning("sweep: %s was made with other options; running it again with these", run)
+    log.info("sweep: %s, seed %d -> %s", req.method, req.seed, run)
+    fit(req, overwrite=True)
 
 
 def per_run_headline(results: pd.DataFrame, kind: TaskKind) -> pd.DataFrame:

@@ -81,6 +81,16 @@ def sample_classes(labels: torch.Tensor, n_classes: int, rate: float, gen: torch
     return torch.cat([present.nonzero().flatten(), chosen]).sort().values
 
 
+def _diverged(what: str, epoch: int, cfg: TrainConfig, method: PromptMethod) -> CptError:
+    """Training diverged: nothing of this epoch is saved; say how to get a run that trains."""
+    fp = "" if method.backbone.precision == "fp32" else ", or --precision fp32"
+    kept = (f"the checkpoint of epoch {epoch} (the last finite one) is kept" if epoch else "no checkpoint was saved")
+    return CptError(
+        f"{what} in epoch {epoch + 1} (--lr {cfg.lr:g}): training diverged, and {kept}. Start the run again with "
+        f"a lower --lr{fp} and --overwrite (--resume would keep the same options)."
+    )
+
+
 def train(
     method: PromptMethod,
     data: list[TaskData],
@@ -122,16 +132,22 @@ def train(
                     norm = len(rows) if method.task_mean else len(task_ids)
                     loss = loss + method.batch_loss(data[t], t, rows, classes, epoch, class_gen) / norm
             if not torch.isfinite(loss):
-                raise CptError(
-                    f"The training loss became {loss.item()} in epoch {epoch + 1}. Lower --lr, or use "
-                    "--precision fp32; the checkpoint of the last finished epoch is kept, so "
-                    "`cpt fit --resume RUN` continues from there."
-                )
+                raise _diverged(f"The training loss became {loss.item()}", epoch, cfg, method)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            try:
+                optimizer.step()
+            except RuntimeError as exc:  # SGD refuses an update that overflows float32 (--lr 1e300)
+                if "overflow" not in str(exc):
+                    raise
+                raise _diverged("The training loss became unusable (an update overflowed float32)", epoch, cfg,
+                                method) from exc
             total += loss.item() * len(task_ids)
             seen += len(task_ids)
+        # a finite loss can still leave non-finite weights (the last step of an epoch): never save those
+        if not all(bool(torch.isfinite(p).all()) for group in optimizer.param_groups for p in group["params"]):
+            raise _diverged("The training loss became unusable (the learned weights are NaN or infinite)", epoch,
+                            cfg, method)
         history.append({"epoch": epoch + 1, "loss": total / max(seen, 1), "lr": lr, "time_s": time.perf_counter() - t0})
         log.debug("epoch %d loss %.4f", epoch + 1, history[-1]["loss"])
         if save:

@@ -8,9 +8,17 @@ themes, so a label-to-label prior carries information.
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock; racing builds each finish and the first rename wins
+    fcntl = None  # type: ignore[assignment]
 
 import numpy as np
 import pandas as pd
@@ -19,7 +27,7 @@ from cpt_datasets import toy_world as W
 
 from cpt.data.recipes import Recipe, register
 from cpt.data.taskfile import TaskSpec
-from cpt.io import cache_root, write_text
+from cpt.io import cache_root, write_refused, write_text
 
 VERSION = "v3"  # bump when the generator changes, so stale materialisations are not reused
 TOY_SPLITS = {"train": 32, "val": 8, "test": 40}  # images per class
@@ -51,28 +59,72 @@ def _done(folder: Path) -> bool:
     return (folder / ".complete").exists()
 
 
-def _publish(tmp: Path, folder: Path) -> None:
-    """Move a fully written temp folder into place, so a half-written recipe is never used."""
-    write_text(tmp / ".complete", VERSION)
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+@contextmanager
+def _locked(root: Path, name: str) -> Iterator[None]:
+    """Hold `root/.NAME.lock` (an exclusive fcntl lock; released by the system if the holder dies,
+    even by SIGKILL), so one process at a time builds a recipe and the others wait, then reuse it."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fh = open(root / f".{name}.lock", "a+b")
+    except OSError as exc:
+        raise write_refused(root, exc) or exc
+    with fh:
+        if fcntl is not None:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
+
+
+def _stale(root: Path, name: str) -> list[Path]:
+    """Temp folders of `name` that no build owns (called under the lock): an interrupted or killed
+    build's `.NAME.building.PID`, and the `.NAME-NNN` folders of cpt versions without the lock."""
+    legacy = re.compile(rf"\.{re.escape(name)}-\d+")
+    return [p for p in root.iterdir() if p.is_dir() and (p.name.startswith(f".{name}.building.") or legacy.fullmatch(p.name))]
+
+
+def _materialise(root: Path, name: str, build: Callable[[Path], None]) -> Path:
+    """`root/name`, built once by `build(tmp)` into a temp folder and renamed into place when
+    complete: concurrent callers (three `cpt fit --tasks toy` at once) wait for the one that
+    builds and reuse its folder; an interrupted build leaves nothing that is used or kept."""
+    folder = root / name
+    if _done(folder):
+        return folder
+    with _locked(root, name):
+        if _done(folder):  # built while this process waited
+            return folder
+        for stale in _stale(root, name):
+            shutil.rmtree(stale, ignore_errors=True)
+        if folder.exists():  # a folder without its .complete mark is not a finished build
+            shutil.rmtree(folder)
+        tmp = root / f".{name}.building.{os.getpid()}"
+        try:
+            build(tmp)
+            write_text(tmp / ".complete", VERSION)
+            try:
+                tmp.rename(folder)
+            except OSError:
+                if not _done(folder):  # without a lock (no fcntl) another process may have won the race
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:  # Ctrl-C, SIGTERM, a full disk: remove the partial build now
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return folder
+
+
+def _build_toy(tmp: Path, seed: int) -> None:
+    for t, (task, classes) in enumerate(TOY_TASKS.items()):
+        for c, (name, fixed) in enumerate(classes.items()):
+            rng = np.random.default_rng([seed, t, c])
+            for split, n in TOY_SPLITS.items():
+                out = tmp / task / split / name
+                out.mkdir(parents=True)
+                for i in range(n):
+                    W.render(_scene(rng, fixed), rng).save(out / f"{i:03d}.png")
 
 
 def materialize_toy(root: Path, seed: int = 0) -> list[tuple[str, Path]]:
     """Write the four toy tasks as train/val/test class folders under `root/toy`."""
-    folder = root / "toy"
-    if not _done(folder):
-        tmp = root / f".toy-{np.random.default_rng().integers(1 << 30)}"
-        for t, (task, classes) in enumerate(TOY_TASKS.items()):
-            for c, (name, fixed) in enumerate(classes.items()):
-                rng = np.random.default_rng([seed, t, c])
-                for split, n in TOY_SPLITS.items():
-                    out = tmp / task / split / name
-                    out.mkdir(parents=True)
-                    for i in range(n):
-                        W.render(_scene(rng, fixed), rng).save(out / f"{i:03d}.png")
-        _publish(tmp, folder)
+    folder = _materialise(root, "toy", lambda tmp: _build_toy(tmp, seed))
     return [(task, folder / task) for task in TOY_TASKS]
 
 
@@ -97,23 +149,22 @@ def _labels(scene: W.Scene) -> list[int]:
     return [int(label in present) for label in TOY_ML_LABELS]
 
 
+def _build_toy_ml(tmp: Path, seed: int, n: dict[str, int] | None) -> None:
+    (tmp / "images").mkdir(parents=True)
+    for s, (split, count) in enumerate((n or {"train": 600, "test": 600}).items()):
+        rng = np.random.default_rng([seed, 100 + s])
+        rows = []
+        for i in range(count):
+            scene = themed_scene(rng)
+            rel = f"images/{split}_{i:04d}.png"
+            W.render(scene, rng).save(tmp / rel)
+            rows.append([rel, *_labels(scene)])
+        pd.DataFrame(rows, columns=["path", *TOY_ML_LABELS]).to_csv(tmp / f"{split}.csv", index=False)
+
+
 def materialize_toy_ml(root: Path, seed: int = 0, n: dict[str, int] | None = None) -> list[tuple[str, Path]]:
     """Write toy-ml: images/ plus wide train.csv / test.csv (1 = present, 0 = absent)."""
-    folder = root / "toy-ml"
-    if not _done(folder):
-        tmp = root / f".toy-ml-{np.random.default_rng().integers(1 << 30)}"
-        (tmp / "images").mkdir(parents=True)
-        for s, (split, count) in enumerate((n or {"train": 600, "test": 600}).items()):
-            rng = np.random.default_rng([seed, 100 + s])
-            rows = []
-            for i in range(count):
-                scene = themed_scene(rng)
-                rel = f"images/{split}_{i:04d}.png"
-                W.render(scene, rng).save(tmp / rel)
-                rows.append([rel, *_labels(scene)])
-            pd.DataFrame(rows, columns=["path", *TOY_ML_LABELS]).to_csv(tmp / f"{split}.csv", index=False)
-        _publish(tmp, folder)
-    return [("toy-ml", folder)]
+    return [("toy-ml", _materialise(root, "toy-ml", lambda tmp: _build_toy_ml(tmp, seed, n)))]
 
 
 def data_root() -> Path:
@@ -126,9 +177,7 @@ BUILDERS: dict[str, Callable[[Path, int], list[tuple[str, Path]]]] = {"toy": mat
 
 def materialize(name: str, seed: int = 0) -> list[tuple[str, Path]]:
     """Materialise recipe `name` (once) and return its (task, path) pairs."""
-    root = data_root() / f"seed{seed}"
-    root.mkdir(parents=True, exist_ok=True)
-    return BUILDERS[name](root, seed)
+    return BUILDERS[name](data_root() / f"seed{seed}", seed)
 
 
 def _specs(name: str) -> Callable[[Path | None], list[TaskSpec]]:

@@ -168,8 +168,28 @@ def time_steps(step: Callable[[], torch.Tensor], optimizer: torch.optim.Optimize
     return statistics.median(times), peak
 
 
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def check_bench(geometries: list[str], classes: list[int], repeats: int, precision: str = "fp32",
+                n_ctx: int = 1) -> None:
+    """Refuse a bench that would crash half-way or time nothing, before any model is built."""
+    unknown = [g for g in geometries if g not in GEOMETRIES]
+    if not geometries or unknown:
+        raise CptError(f"--geometry {unknown[0] if unknown else ''!r} is not one of {', '.join(GEOMETRIES)}.")
+    if not classes or min(classes) < 1:
+        raise CptError(f"--classes needs class counts of at least 1 (got {', '.join(map(str, classes)) or 'none'}).")
+    if repeats < 1:
+        raise CptError(f"--repeats {repeats} must be at least 1 (timed steps per path, median reported).")
+    if precision not in PRECISIONS:
+        raise CptError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}.")
+    if n_ctx < 1:
+        raise CptError(f"--n-ctx {n_ctx} must be at least 1.")
+
+
 def run_bench(geometries: list[str], classes: list[int], device: str = "auto", precision: str = "fp32",
               repeats: int = 5, n_ctx: int = 16) -> list[BenchRow]:
+    check_bench(geometries, classes, repeats, precision, n_ctx)
     dev = resolve_device(device)
     rows = []
     for geometry in geometries:

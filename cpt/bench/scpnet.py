@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from cpt.core.backbone import Backbone, Preprocess, resolve_device
-from cpt.bench.prompt import build_model, class_names, time_steps
+from cpt.bench.prompt import build_model, check_bench, class_names, time_steps
 from cpt.data.features import AugmentSpec, FeatureCache
 from cpt.kinds import KINDS
 from cpt.methods import TaskData, build_method
@@ -103,6 +103,8 @@ def bench_step(geometry: str, n_classes: int, device: str = "auto", batch: int =
 def run_scpnet_bench(geometries: list[str], classes: list[int], device: str = "auto",
                      repeats: int = 5) -> tuple[list[ExtractionRow], list[StepRow]]:
     """Extraction figures per geometry, step figures per geometry and class count."""
+    check_bench(geometries, classes, repeats)
+    resolve_device(device)
     extraction = [row for g in geometries for row in bench_extraction(g, device)]
     steps = [bench_step(g, n, device, repeats=repeats) for g in geometries for n in classes]
     return extraction, steps

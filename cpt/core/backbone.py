@@ -1,8 +1,8 @@
 """Backbones: turn `--backbone NAME|PATH` into a frozen CLIP model plus what identifies it.
 
-Every backbone, named or local, goes through OpenAI's `clip.load` (`jit=False`), which
-builds `clip.model.CLIP` from the checkpoint's state dict; geometry (widths, layers, context
-length, RN or ViT) is read from the loaded model, never assumed.
+Every backbone, named or local, becomes `clip.model.CLIP` built from the checkpoint's state
+dict (as `clip.load(jit=False)` does), read code-free unless the file is a TorchScript archive;
+geometry (widths, layers, context length, RN or ViT) is read from the loaded model, never assumed.
 """
 
 from __future__ import annotations
@@ -10,18 +10,21 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import pickle
 import urllib.error
 import warnings
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import clip
+import clip.model
 import torch
 from clip.model import CLIP
 from torch import nn
 
 from cpt.errors import CptError
-from cpt.io import atomic_path, cache_root
+from cpt.io import atomic_path, cache_root, short_reason
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -180,6 +183,28 @@ def cast_weights(model: CLIP, dtype: torch.dtype) -> CLIP:
     return model
 
 
+def is_torchscript(path: str | Path) -> bool:
+    """Whether `path` is a TorchScript archive (as OpenAI's CLIP downloads are): a zip holding code."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
+
+
+def read_clip(path: str | Path) -> CLIP:
+    """clip.model.CLIP from a checkpoint file. A state dict is read code-free
+    (`torch.load(weights_only=True)`), so a checkpoint from someone else cannot run code. An
+    OpenAI JIT archive is TorchScript, which is code: it is the one file cpt opens with
+    `torch.jit.load`, and only its weights are kept (rebuilt into clip.model.CLIP)."""
+    if is_torchscript(path):
+        state = torch.jit.load(str(path), map_location="cpu").state_dict()
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise TypeError(f"it holds a {type(state).__name__}, not a state dict")
+    return clip.model.build_model(state)
+
+
 def load_backbone(
     spec: str, device: str = "cpu", precision: str = "fp32", cache_dir: str | Path | None = None
 ) -> Backbone:
@@ -192,16 +217,24 @@ def load_backbone(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model, _ = clip.load(target, device="cpu", jit=False, download_root=str(cache))
+            if known_sha:  # an OpenAI name: downloaded once, its sha256 checked by clip
+                target = clip.clip._download(clip.clip._MODELS[spec], str(cache))
+            model = read_clip(target)
     except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
         raise CptError(
             f"Could not download CLIP {spec!r}: no network ({exc}). cpt looks for its weights in "
             f"{cache / Path(clip.clip._MODELS[spec]).name}; copy the file there (or set "
             "--cache-dir), or pass a local checkpoint with --backbone PATH."
         ) from exc
-    except Exception as exc:  # a corrupt file can fail in many ways (pickle, zip, shapes)
+    except Exception as exc:  # a corrupt file can fail in many ways (pickle, zip, shapes, missing keys)
+        if isinstance(exc, pickle.UnpicklingError) and "weights only" in str(exc).lower():
+            raise CptError(
+                f"Could not load {target} as a CLIP checkpoint: it holds Python objects besides tensors, which "
+                "cpt does not unpickle (that could run code). Save the model's state_dict() instead, or pass "
+                "an OpenAI CLIP JIT archive."
+            ) from exc
         raise CptError(
-            f"Could not load {target} as a CLIP checkpoint ({type(exc).__name__}: {exc}). "
+            f"Could not load {target} as a CLIP checkpoint ({short_reason(exc, 200)}). "
             "Pass an OpenAI CLIP JIT archive or a state dict of clip.model.CLIP."
         ) from exc
     sha = known_sha or file_sha256(Path(target))

@@ -8,6 +8,7 @@ class and task names, the backbone's identity and the preprocessing. `cpt export
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +17,8 @@ import torch
 from cpt import __version__
 from cpt import run as R
 from cpt.core.backbone import Backbone, load_backbone
-from cpt.console import log
 from cpt.errors import CptError
+from cpt.io import short_reason
 from cpt.methods import Classifier, Method, build_method
 
 FORMAT = "cpt-classifier/2"
@@ -60,18 +61,22 @@ class Artifact:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Artifact":
-        if d.get("format") != FORMAT:
-            raise CptError(f"This file is not a cpt classifier export (format {d.get('format')!r}, expected {FORMAT}).")
-        return cls(
-            tasks=[t["name"] for t in d["tasks"]],
-            classnames=[t["classnames"] for t in d["tasks"]],
-            classifiers=[Classifier(t["weight"], t["scale"], t["bias"]) for t in d["tasks"]],
-            backbone=d["backbone"],
-            preprocess=d["preprocess"],
-            method=d["method"],
-            kind=d["kind"],
-        )
+    def from_dict(cls, d: object) -> "Artifact":
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            found = f"format {d.get('format')!r}" if isinstance(d, dict) else f"a {type(d).__name__}"
+            raise CptError(f"This file is not a cpt classifier export ({found}, expected {FORMAT}).")
+        try:
+            return cls(
+                tasks=[t["name"] for t in d["tasks"]],
+                classnames=[list(t["classnames"]) for t in d["tasks"]],
+                classifiers=[Classifier(t["weight"], t["scale"], t["bias"]) for t in d["tasks"]],
+                backbone=dict(d["backbone"]),
+                preprocess=dict(d["preprocess"]),
+                method=d["method"],
+                kind=d["kind"],
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CptError(f"This cpt classifier export is incomplete or damaged (missing or bad {exc}).") from exc
 
 
 def _artifact(backbone: Backbone, method: Method, tasks: list[str], kind: str, image_tuned: bool = False) -> Artifact:
@@ -97,14 +102,29 @@ def from_run(run: Path, device: str | None = None) -> tuple[Artifact, Backbone]:
 def zero_shot(backbone_spec: str, classes: Path, templates: list[str] | None = None, device: str = "auto",
               clip_cache: str | None = None) -> tuple[Artifact, Backbone]:
     """A zero-shot classifier from a class-name file (one name per line), built from templates."""
-    if not Path(classes).is_file():
-        raise CptError(f"--classes {classes} does not exist; give a text file with one class name per line.")
-    names = [line.strip().replace("_", " ") for line in Path(classes).read_text().splitlines() if line.strip()]
-    if not names:
-        raise CptError(f"--classes {classes} holds no class name.")
+    names = read_class_names(Path(classes))
     backbone = load_backbone(backbone_spec, device, "fp32", clip_cache)
     method = build_method("zeroshot", backbone, [names], {"template": templates or None})
     return _artifact(backbone, method, [Path(classes).stem], "single-label"), backbone
+
+
+def read_class_names(path: Path) -> list[str]:
+    """Class names from a text file, one per line (underscores read as spaces): at least two, each once."""
+    if not path.is_file():
+        raise CptError(f"--classes {path} does not exist; give a text file with one class name per line.")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise CptError(f"--classes {path} is not a UTF-8 text file; give one class name per line.") from exc
+    names = [line.strip().replace("_", " ") for line in lines if line.strip()]
+    seen: set[str] = set()
+    twice = [n for n in names if n in seen or seen.add(n)]
+    if twice:
+        raise CptError(f"--classes {path} names {twice[0]!r} more than once; give each class once.")
+    if len(names) < 2:
+        raise CptError(f"--classes {path} holds {len(names) or 'no'} class name{'s' if not names else ''}; a "
+                       "classifier needs at least two, one per line.")
+    return names
 
 
 def load(path: Path, device: str = "auto", clip_cache: str | None = None) -> tuple[Artifact, Backbone]:
@@ -114,11 +134,17 @@ def load(path: Path, device: str = "auto", clip_cache: str | None = None) -> tup
         return from_run(path, device)
     if not path.is_file():
         raise CptError(f"{path} is neither a cpt run directory nor an exported classifier (.pt).")
+    try:  # code-free: an export from someone else cannot run code
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on old pickle protocols: the error says it all
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # text, a pickle of other objects, a truncated file: many exception types
+        raise CptError(f"Could not read {path} as a cpt classifier export: it is not a file `cpt export --format pt` "
+                       f"wrote, or it is damaged ({short_reason(exc)}).") from exc
     try:
-        artifact = Artifact.from_dict(torch.load(path, map_location="cpu", weights_only=True))
-    except (RuntimeError, KeyError, ValueError, EOFError) as exc:
-        raise CptError(f"Could not read {path} as a cpt classifier export ({exc}).") from exc
+        artifact = Artifact.from_dict(payload)
+    except CptError as exc:
+        raise CptError(f"{path}: {exc}") from exc
     backbone = load_backbone(artifact.backbone["spec"], device, artifact.backbone["precision"], clip_cache)
-    if backbone.checksum != artifact.backbone["sha256"]:
-        log.warning("backbone %s differs from the one this classifier was exported with", artifact.backbone["spec"])
+    R.check_backbone(backbone, artifact.backbone["sha256"], f"the classifier {path}")
     return artifact, backbone

@@ -46,10 +46,24 @@ def list_images(inputs: list[str]) -> list[Path]:
     return found
 
 
+def check_options(top_k: int, threshold: float) -> None:
+    """Refuse a --top-k or --threshold that would print nothing, or everything, without saying so."""
+    if top_k < 1:
+        raise CptError(f"--top-k {top_k} must be at least 1 (the number of classes to report per image).")
+    if not 0 <= threshold <= 1:  # also NaN
+        raise CptError(f"--threshold {threshold} must be a probability between 0 and 1.")
+
+
 def predict(artifact: Artifact, backbone: Backbone, images: list[Path], task: str | None = None, top_k: int = 1,
             threshold: float = 0.5, batch: int = 256, cache: FeatureCache | None = None) -> Iterator[Prediction]:
-    """Predictions for `images`, batch by batch, so output can stream."""
+    """Predictions for `images`, batch by batch, so output can stream (options checked at once)."""
+    check_options(top_k, threshold)
     tasks = artifact.task_index(task)
+    return _predict(artifact, backbone, images, tasks, top_k, threshold, batch, cache)
+
+
+def _predict(artifact: Artifact, backbone: Backbone, images: list[Path], tasks: list[int], top_k: int,
+             threshold: float, batch: int, cache: FeatureCache | None) -> Iterator[Prediction]:
     decoder = kind(artifact.kind)
     cache = cache or FeatureCache(backbone)
     for start in range(0, len(images), batch):

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 
+from cpt.errors import CptError
 from cpt.methods.base import Classifier, Method, TaskData
 from cpt.methods.registry import register
 
@@ -39,6 +40,10 @@ class LinearProbe(Method):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.heads: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for title, names in zip(self.titles, self.classnames):
+            if len(names) < 2:  # checked before the run directory exists; sklearn would fail after
+                raise CptError(f"The linear probe needs at least two classes per task; {title!r} has "
+                               f"{len(names)} ({', '.join(names) or 'none'}). Add class folders, or drop the task.")
 
     def fit(self, data: list[TaskData]) -> None:
         self.heads = []
