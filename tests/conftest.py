@@ -4,6 +4,7 @@ on disk, and the real CLI invoked in-process."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -80,10 +81,15 @@ def colour_folder(root: Path, per_class: int = 12, classes: dict | None = None, 
     return root
 
 
+def session_cache(tmp_path_factory) -> Path:
+    """The session's feature cache (what the autouse `_feature_cache` points CPT_CACHE at in each test)."""
+    return tmp_path_factory.getbasetemp() / "feature-cache"
+
+
 @pytest.fixture(autouse=True)
 def _feature_cache(tmp_path_factory, monkeypatch) -> Path:
     """One feature cache per test session (tests that count encodes pass their own --cache-dir)."""
-    root = tmp_path_factory.getbasetemp() / "feature-cache"
+    root = session_cache(tmp_path_factory)
     monkeypatch.setenv("CPT_CACHE", str(root))
     return root
 
@@ -122,6 +128,25 @@ def interrupt_after(monkeypatch, saves: int) -> None:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(R, "save_checkpoint", save_then_interrupt)
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A finished run: its directory and the summary `cpt fit --json` printed."""
+
+    run: Path
+    summary: dict
+
+
+@pytest.fixture(scope="session")
+def toy_ml_zeroshot(tmp_path_factory) -> Fitted:
+    """`cpt fit --method zeroshot --tasks toy-ml --backbone toy` (defaults: known ratio 1, seed 1), run once
+    per session. Tests may re-evaluate it (`cpt eval` writes the same figures back) but must not change it."""
+    run = tmp_path_factory.mktemp("toy-ml") / "zeroshot"
+    with pytest.MonkeyPatch.context() as mp:  # the session's cache: the autouse fixture is per test
+        mp.setenv("CPT_CACHE", str(session_cache(tmp_path_factory)))
+        summary = fit_json("--method", "zeroshot", "--tasks", "toy-ml", "--backbone", "toy", "--out", run)
+    return Fitted(run, summary)
 
 
 def accuracy(summary: dict, task: str = "colours") -> float:

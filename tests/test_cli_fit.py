@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from cpt_cli.main import app
 
+import cpt
 from cpt import run as R
 from tests.conftest import accuracy, cli, colour_folder, fit_json, interrupt_after, runner
 
@@ -181,11 +184,31 @@ def test_templates_ensemble_and_custom(tiny_clip, colours, tmp_path):
     assert code == 2 and "{}" in err
 
 
-def test_bf16_coop_runs(tiny_clip, colours, tmp_path):
-    summary = fit_json("--method", "coop", "--precision", "bf16", "--tasks", f"colours={colours}", "--backbone",
-                       tiny_clip, "--shots", "2", "--epochs", "2", "--n-ctx", "4", "--out", tmp_path / "r")
-    assert 0 <= accuracy(summary) <= 100
-    assert json.loads((tmp_path / "r" / "config.json").read_text())["backbone"]["precision"] == "bf16"
+def test_bf16_coop_reports_its_own_predictions_and_follows_fp32(tiny_clip, colours, tmp_path):
+    common = ["--method", "coop", "--tasks", f"colours={colours}", "--backbone", tiny_clip, "--shots", "2",
+              "--epochs", "2", "--n-ctx", "4"]
+    summary = fit_json(*common, "--precision", "bf16", "--out", tmp_path / "bf16")
+    fit_json(*common, "--out", tmp_path / "fp32")
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["backbone"]["precision"] == "bf16"
+
+    predictions = pd.read_csv(tmp_path / "bf16" / "predictions.csv")
+    assert len(predictions) == 4 * 6
+    assert accuracy(summary) == pytest.approx(100 * (predictions.label == predictions.prediction).mean())
+    metrics = pd.read_csv(tmp_path / "bf16" / "metrics.csv").set_index("metric").value
+    assert metrics["accuracy"] == pytest.approx(accuracy(summary))
+
+    # the same run in fp32 gives the same logits up to bf16's rounding (logits span about +-1 here)
+    def logits(run):
+        code, out, err = cli("predict", run, colours / "test", "--jsonl", "--quiet")
+        assert code == 0, err
+        return {r["path"]: r["logits"] for r in map(json.loads, out.splitlines())}
+
+    low, full = logits(tmp_path / "bf16"), logits(tmp_path / "fp32")
+    assert sorted(low) == sorted(full) == sorted(predictions.path)
+    spread = max(abs(v) for row in full.values() for v in row)
+    assert spread > 0.3
+    for path, row in full.items():
+        np.testing.assert_allclose(low[path], row, atol=0.25 * spread)
 
 
 def test_help_lists_methods_with_examples_and_bugs_exit_1(tiny_clip, colours, tmp_path, monkeypatch):
@@ -200,3 +223,8 @@ def test_help_lists_methods_with_examples_and_bugs_exit_1(tiny_clip, colours, tm
     monkeypatch.setattr("cpt.fit.load_backbone", broken)
     code, _, err = cli("fit", "--tasks", f"colours={colours}", "--backbone", tiny_clip, "--out", tmp_path / "r")
     assert code == 1 and "internal error" in err and "boom" in err
+
+
+def test_version_is_the_installed_packages():
+    code, out, _ = cli("--version")
+    assert code == 0 and out.strip() == f"cpt {importlib.metadata.version('cpt-clip')}" == f"cpt {cpt.__version__}"

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from sklearn.metrics import average_precision_score
 
 from cpt.core.backbone import Preprocess
 from cpt.data.features import eval_transform
@@ -44,7 +45,18 @@ def test_scpnet_on_label_files_writes_the_run_and_reuses_its_mask(tiny_clip, ml_
     first = fit_json("--method", "scpnet", *common, "--known-ratio", "0.5", "--out", tmp_path / "a")
     run = tmp_path / "a"
     metrics = {m["metric"]: m["value"] for m in first["metrics"]}
-    assert {"mAP", "CF1", "OF1", "CF1_top3"} <= set(metrics) and 0 <= metrics["mAP"] <= 100
+    assert {"mAP", "CF1", "OF1", "CF1_top3"} <= set(metrics)
+    # mAP recomputed with scikit-learn from the logits `cpt predict` gives for the test images
+    test = pd.read_csv(ml_data / "test.csv")
+    code, out, err = cli("predict", run, *[ml_data / "images" / p for p in test.path], "--jsonl", "--quiet")
+    assert code == 0, err
+    logits = np.array([json.loads(line)["logits"] for line in out.splitlines()])
+    truth = np.array([[int(c in labels.split(";")) for c in NAMES] for labels in test["labels"]])
+    assert logits.shape == truth.shape == (12, 4)
+    scored = [c for c in range(4) if truth[:, c].any()]
+    ap = [average_precision_score(truth[:, c], logits[:, c]) for c in scored]
+    assert metrics["mAP"] == pytest.approx(100 * np.mean(ap), abs=1e-6)
+    assert metrics["n_classes_evaluated"] == len(scored)
     for name in ("mask_colours.csv", "train_labels_colours.csv", "per_class.csv", "report.md", "pr_colours.png",
                  "ap_colours.png", "checkpoint.pt", "history.csv"):
         assert (run / name).exists(), name

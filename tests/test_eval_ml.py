@@ -12,18 +12,17 @@ from PIL import Image
 
 from cpt.eval.evaluate import run_label
 from cpt.data.multilabel import LabelSource
-from tests.conftest import cli, fit_json, write_image
+from tests.conftest import cli, fit_json, session_cache, write_image
 
 
 @pytest.fixture(scope="module")
-def ml_runs(tmp_path_factory):
-    """Zero-shot toy-ml runs: known ratio 0.5 (seed 1), 1.0 (seeds 1 and 2)."""
+def ml_runs(toy_ml_zeroshot, tmp_path_factory):
+    """Zero-shot toy-ml runs: known ratio 0.5 (seed 1), 1.0 (seeds 1 and 2); the second is the session's."""
     root = tmp_path_factory.mktemp("ml-runs")
-    runs = [root / f"zs-{ratio}-{seed}" for ratio, seed in (("0.5", 1), ("1.0", 1), ("1.0", 2))]
+    runs = [root / "zs-0.5-1", toy_ml_zeroshot.run, root / "zs-1.0-2"]
     with pytest.MonkeyPatch.context() as mp:  # the session's cache: the autouse fixture is per test
-        mp.setenv("CPT_CACHE", str(tmp_path_factory.getbasetemp() / "feature-cache"))
-        for run in runs:
-            ratio, seed = run.name.split("-")[1:]
+        mp.setenv("CPT_CACHE", str(session_cache(tmp_path_factory)))
+        for run, ratio, seed in ((runs[0], "0.5", "1"), (runs[2], "1.0", "2")):
             fit_json("--method", "zeroshot", "--tasks", "toy-ml", "--backbone", "toy", "--known-ratio", ratio,
                      "--seed", seed, "--out", run)
     return runs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import clip
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -91,16 +92,25 @@ def test_predict_skips_a_corrupt_file_and_streams_csv(run, colours, tmp_path):
     assert (table.groupby("path")["score"].apply(lambda s: s.is_monotonic_decreasing)).all()
 
 
-def test_zero_shot_export_matches_zero_shot_eval(tiny_clip, colours, tmp_path):
+def test_zero_shot_export_holds_clips_text_embeddings_and_matches_zero_shot_eval(tiny_clip, colours, tmp_path):
     classes = tmp_path / "colours.txt"
     classes.write_text("blue\ngreen\nred\nyellow_ochre\n")
     code, _, err = cli("export", "--backbone", tiny_clip, "--classes", classes, "--out", tmp_path / "zs.pt", "--quiet")
     assert code == 0, err
-    zs = fit_json("--method", "zeroshot", "--tasks", f"colours={colours}", "--backbone", tiny_clip, "--out", tmp_path / "r")
+
+    # the class embeddings are CLIP's own normalised text features of "a photo of a {}."
+    exported = torch.load(tmp_path / "zs.pt", weights_only=True)["tasks"][0]
+    assert exported["classnames"] == ["blue", "green", "red", "yellow ochre"]
+    model, _ = clip.load(str(tiny_clip), device="cpu", jit=False)
+    with torch.no_grad():
+        text = model.encode_text(clip.tokenize([f"a photo of a {c}." for c in exported["classnames"]])).float()
+    torch.testing.assert_close(exported["weight"].float(), text / text.norm(dim=-1, keepdim=True), rtol=0, atol=1e-5)
+    assert exported["scale"] == pytest.approx(model.logit_scale.exp().item())
+
+    fit_json("--method", "zeroshot", "--tasks", f"colours={colours}", "--backbone", tiny_clip, "--out", tmp_path / "r")
     evaluated = pd.read_csv(tmp_path / "r" / "predictions.csv").set_index("path")
     for record in predict_jsonl(tmp_path / "zs.pt", colours / "test"):
         assert record["classes"][0] == evaluated.loc[record["path"], "prediction"]
-    assert zs["metrics"]
 
 
 def test_export_and_predict_bad_input(run, tmp_path):

@@ -3,8 +3,12 @@
 import json
 
 import pandas as pd
+import pytest
 from PIL import Image
 
+from cpt.errors import CptError
+from cpt.kinds import KINDS
+from cpt.sweep import parse_method
 from tests.conftest import cli
 
 
@@ -51,3 +55,19 @@ def test_known_ratio_sweep_with_ablations(tiny_clip, tmp_path):
         assert im.format == "PNG"
     code, _, err = cli("sweep", "--tasks", "toy-ml", "--out", tmp_path, "--methods", "scpnet+no-brain", "--known-ratios", "0.5")
     assert code == 2 and "no-brain" in err
+
+
+def test_sweep_labels_take_the_methods_declared_switches():
+    single, multi = KINDS["single-label"], KINDS["multi-label"]
+    assert parse_method("coop+class-specific", single) == ("coop", {"class_specific": True})
+    assert parse_method("scpnet+no-prior+no-gcn", multi) == ("scpnet", {"no_prior": True, "no_gcn": True})
+    assert parse_method("coop+single-positive", multi) == ("coop", {"single_positive": True})  # a kind's switch
+    with pytest.raises(CptError) as info:
+        parse_method("scpnet+no-brain", multi)
+    message = str(info.value)
+    assert "--no-brain is not a switch of scpnet" in message
+    switches = message.split("its switches are ")[1].rstrip(".").split(", ")
+    assert {"no-prior", "no-gcn", "no-self-training", "finetune-image", "single-positive", "amp"} <= set(switches)
+    assert switches == sorted(switches) and "lambda-u" not in switches  # numbers are not switches
+    with pytest.raises(CptError, match="single-positive"):
+        parse_method("coop+single-positive", single)  # multi-label tasks only

@@ -78,26 +78,30 @@ def test_zero_shot_is_useful_and_16_shot_coop_beats_it(tmp_path):
     assert gain >= 10, (zero, tuned)
 
 
-def test_zero_shot_map_on_toy_ml_beats_random_scores(tmp_path):
-    summary = fit_json("--method", "zeroshot", "--tasks", "toy-ml", "--backbone", "toy", "--out", tmp_path / "ml")
-    zs_map = next(m["value"] for m in summary["metrics"] if m["metric"] == "mAP")
-    config = json.loads((tmp_path / "ml" / "config.json").read_text())
+def map_(summary: dict) -> float:
+    return next(m["value"] for m in summary["metrics"] if m["metric"] == "mAP")
+
+
+def test_zero_shot_map_on_toy_ml_beats_random_scores(toy_ml_zeroshot):
+    run, summary = toy_ml_zeroshot.run, toy_ml_zeroshot.summary
+    zs_map = map_(summary)
+    config = json.loads((run / "config.json").read_text())
     test = pd.read_csv(config['tasks'][0]['label_source']['test_labels']).drop(columns="path").to_numpy()
     rng = np.random.default_rng(0)
     random_map = 100 * np.mean([average_precision_score(test[:, c], rng.random(len(test))) for c in range(test.shape[1])])
     assert zs_map >= random_map + 15, (zs_map, random_map)
-    per_class = pd.read_csv(tmp_path / "ml" / "per_class.csv")
+    per_class = pd.read_csv(run / "per_class.csv")
     assert len(per_class) == len(recipes.TOY_ML_LABELS) and {"ap", "positives", "support"} <= set(per_class.columns)
-    assert (tmp_path / "ml" / "report.md").read_text().count("mAP") >= 1
+    assert (run / "report.md").read_text().count("mAP") >= 1
 
     # cpt eval re-evaluates the run to the same figures
-    code, out, err = cli("eval", tmp_path / "ml", "--json", "--quiet")
+    code, out, err = cli("eval", run, "--json", "--quiet")
     assert code == 0, err
     assert json.loads(out)["metrics"] == summary["metrics"]
 
     # the multi-label run exports and predicts: every class scored, the set above the threshold
     images = sorted((Path(config["tasks"][0]["label_source"]["labels"]).parent / "images").glob("test_000*.png"))
-    code, out, err = cli("predict", tmp_path / "ml", *images, "--jsonl", "--threshold", "0.9", "--quiet")
+    code, out, err = cli("predict", run, *images, "--jsonl", "--threshold", "0.9", "--quiet")
     assert code == 0, err
     records = [json.loads(line) for line in out.splitlines()]
     assert len(records) == len(images) == 10
@@ -113,32 +117,24 @@ def test_single_label_only_methods_are_refused_on_multilabel_tasks(tmp_path):
 
 
 @pytest.mark.slow
-def test_coop_on_partial_labels_beats_zero_shot_map(tmp_path):
+def test_coop_on_partial_labels_beats_zero_shot_map(toy_ml_zeroshot, tmp_path):
     """toy-ml with 30 % of the training label entries known: prompt tuning with ASL lifts mAP."""
-    zs = fit_json("--method", "zeroshot", "--tasks", "toy-ml", "--backbone", "toy", "--out", tmp_path / "zs")
+    zs = toy_ml_zeroshot.summary
     coop = fit_json("--method", "coop", "--tasks", "toy-ml", "--backbone", "toy", "--known-ratio", "0.3",
                     "--ctx-init", "a photo of a", "--epochs", "20", "--out", tmp_path / "coop")
-
-    def map_(summary):
-        return next(m["value"] for m in summary["metrics"] if m["metric"] == "mAP")
-
     assert map_(coop) >= map_(zs) + 10, (map_(zs), map_(coop))
     labels = pd.read_csv(tmp_path / "coop" / "train_labels_toy-ml.csv").drop(columns="path").to_numpy()
     assert abs((labels >= 0).mean() - 0.3) < 0.02
 
 
 @pytest.mark.slow
-def test_scpnet_on_partial_labels_beats_zero_shot_map(tmp_path):
+def test_scpnet_on_partial_labels_beats_zero_shot_map(toy_ml_zeroshot, tmp_path):
     """toy-ml at known ratio 0.3: SCPNet (prior, graph module, self-training on cached weak and
     strong views) beats zero-shot mAP by a wide margin; its no-prior ablation runs beside it."""
     common = ["--tasks", "toy-ml", "--backbone", "toy", "--known-ratio", "0.3", "--aug-views", "2", "--epochs", "20"]
-    zs = fit_json("--method", "zeroshot", "--tasks", "toy-ml", "--backbone", "toy", "--out", tmp_path / "zs")
+    zs = toy_ml_zeroshot.summary
     scp = fit_json("--method", "scpnet", *common, "--out", tmp_path / "scp")
     ablation = fit_json("--method", "scpnet", *common, "--no-prior", "--out", tmp_path / "np")
-
-    def map_(summary):
-        return next(m["value"] for m in summary["metrics"] if m["metric"] == "mAP")
-
     assert map_(scp) >= map_(zs) + 10, (map_(zs), map_(scp))
     assert map_(ablation) >= map_(zs) + 10, (map_(zs), map_(ablation))
     config = json.loads((tmp_path / "scp" / "config.json").read_text())
