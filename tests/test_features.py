@@ -78,3 +78,56 @@ def test_colour_safe_strong_views_keep_hues(tmp_path):
     assert all(hues("colour-safe"))
     assert not all(hues("randaugment"))
     assert set(STRONG_OPS) == {"randaugment", "colour-safe"}
+
+
+def test_unreadable_files_are_recorded_never_raised(tiny_clip, tmp_path):
+    """Every failure to read or decode one file is recorded against that file (a FIFO is not waited on)."""
+    import os
+
+    from tests.test_bad_data import broken_png
+
+    good = images(tmp_path, 2)
+    bad = {"syntax.png": broken_png(tmp_path / "syntax.png"), "empty.png": tmp_path / "empty.png",
+           "pipe.png": tmp_path / "pipe.png", "loop.png": tmp_path / "loop.png", "missing.png": tmp_path / "missing.png",
+           "folder.png": tmp_path / "folder.png"}
+    bad["empty.png"].write_bytes(b"")
+    os.mkfifo(bad["pipe.png"])
+    bad["loop.png"].symlink_to("loop.png")
+    bad["folder.png"].mkdir()
+    cache = FeatureCache(load_backbone(str(tiny_clip), "cpu"), tmp_path / "c")
+    for aug in (None, AugmentSpec(views=2)):
+        feats = cache.features([good[0], *bad.values(), good[1]], aug)
+        assert torch.isfinite(feats[[0, -1]]).all() and torch.isnan(feats[1:-1]).all()
+    assert cache.readable([good[0], *bad.values(), good[1]]).tolist() == [0, len(bad) + 1]
+    reasons = {os.path.basename(p): r for p, r in cache.stats.failed.items()}
+    assert reasons["syntax.png"].startswith("cannot decode image: broken PNG file")
+    assert reasons["empty.png"] == "cannot decode image: the file is empty"
+    assert reasons["pipe.png"] == "not a regular file (a FIFO)" and reasons["folder.png"] == "not a regular file (a folder)"
+    assert reasons["missing.png"] == "file not found" and reasons["loop.png"].startswith("cannot read file")
+
+
+def test_damaged_cache_entry_is_encoded_again_and_replaced(tiny_clip, tmp_path):
+    backbone = load_backbone(str(tiny_clip), "cpu")
+    paths = images(tmp_path, 3)
+    want = FeatureCache(backbone, tmp_path / "c").features(paths)
+    entries = sorted((tmp_path / "c").rglob("*.npy"))
+    np.save(entries[0], np.zeros(32, dtype=np.float32))
+    np.save(entries[1], np.full(32, np.nan, dtype=np.float32))
+    entries[2].write_bytes(b"\x93NUMPY garbage")
+    cache = FeatureCache(backbone, tmp_path / "c")
+    torch.testing.assert_close(cache.features(paths), want)
+    assert (cache.stats.encoded, cache.stats.cached, cache.stats.repaired) == (3, 0, 3)
+    again = FeatureCache(backbone, tmp_path / "c")
+    assert torch.equal(again.features(paths), cache.features(paths)) and again.stats.repaired == 0
+
+
+def test_good_images_keep_their_cache_keys(tiny_clip, tmp_path):
+    """The key of an image is the sha256 of its bytes, as before reading was centralised."""
+    import hashlib
+
+    from cpt.data.features import content_hash
+
+    path = images(tmp_path, 1)[0]
+    assert content_hash(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    FeatureCache(load_backbone(str(tiny_clip), "cpu"), tmp_path / "c").features([path])
+    assert [p.stem for p in (tmp_path / "c").rglob("*.npy")] == [content_hash(path)]

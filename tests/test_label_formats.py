@@ -197,3 +197,76 @@ def test_load_source_reads_a_test_file_with_the_training_classes(tmp_path):
     assert task.classnames == ["cat", "dog", "sea lion"] and task.title == "my coco"
     assert names(task.splits["test"]) == ["b"] and task.splits["test"].targets.tolist() == [[0, 1, 0]]
     assert {(Path(s.path).name, s.reason) for s in skipped} == {("c.jpg", "no annotation"), ("q.jpg", "file not found")}
+
+
+# label files that cannot be read as labels: a CptError naming the file and what to fix
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty"),
+    (b"\n\n", "is empty"),
+    (bytes(range(256)) * 3, "is not a text file"),
+    ("path,caf\xe9\nimg/a.jpg,1\n".encode("latin-1"), "is not UTF-8 text (byte 0xe9"),
+    (b"path\nimg/a.jpg\n", "names no class"),
+    (b"path,labels\nimg/a.jpg,\n", "names no class"),
+    (b"file,cat\nimg/a.jpg,1\n", "no 'path' column"),
+    (b"path,cat\n,1\n", "empty path in row 2"),
+    (b'path,cat\n"img/a.jpg,1\n', "not a valid CSV"),
+])
+def test_unreadable_label_csv(tmp_path, content, message):
+    (tmp_path / "labels.csv").write_bytes(content)
+    with pytest.raises(CptError, match="labels.csv") as err:
+        read_labels(tmp_path / "labels.csv")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_utf8_byte_order_mark_is_fine(tmp_path):
+    write_images(tmp_path / "img")
+    wide = wide_csv(tmp_path / "labels.csv")
+    wide.write_bytes(b"\xef\xbb\xbf" + wide.read_bytes())
+    classes, labels, _ = read_labels(wide)
+    assert classes == CLASSES and labels.targets.tolist() == TARGETS
+
+
+@pytest.mark.parametrize("data, message", [
+    ('{"images": [{"id": 1, "file_name": 5}], "annotations": [], "categories": []}', "file_name is 5"),
+    ('{"images": 5, "annotations": [], "categories": []}', "not a COCO instances file"),
+    ("[" * 50_000 + "]" * 50_000, "nests lists or objects too deeply"),
+    ("", "is empty"),
+])
+def test_unreadable_coco_file(tmp_path, data, message):
+    (tmp_path / "instances_x.json").write_text(data)
+    with pytest.raises(CptError, match="instances_x.json") as err:
+        read_labels(tmp_path / "instances_x.json")
+    assert message in str(err.value)
+
+
+def test_unreadable_voc_image_set(tmp_path):
+    root = write_voc(tmp_path / "voc", {"a": [("cat", 0)]})
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    (root / "ImageSets" / "Main" / "train.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(CptError, match="train.txt is not UTF-8"):
+        read_labels(root / "ImageSets" / "Main" / "train.txt")
+
+
+def test_an_image_listed_twice(tmp_path, caplog, monkeypatch):
+    """Repeats with the same labels are used once (a warning says so); other labels are refused;
+    test images that are training images are reported."""
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("cpt"), "propagate", True)
+    caplog.set_level(logging.WARNING, logger="cpt")
+    write_images(tmp_path / "img")
+    wide = wide_csv(tmp_path / "train.csv")
+    lines = wide.read_text().splitlines()
+    wide.write_text("\n".join(lines + lines[1:3]) + "\n")
+    task, _ = load_source("t", LabelSource(str(wide), test_fraction=0.4))
+    assert sorted(names(task.splits["train"]) + names(task.splits["test"])) == list(ROWS)
+    assert "lists 2 image(s) more than once" in caplog.text
+    test = tmp_path / "test.csv"
+    test.write_text("\n".join(lines[:3]) + "\n")
+    load_source("t", LabelSource(str(wide), str(test)))
+    assert "2 of its 2 test images are also training images" in caplog.text
+    wide.write_text("\n".join(lines + [lines[1].replace(",1,", ",0,")]) + "\n")
+    with pytest.raises(CptError, match="twice, with different labels"):
+        load_source("t", LabelSource(str(wide), test_fraction=0.4))

@@ -6,12 +6,18 @@ crop + horizontal flip) for training. A cache entry's folder is keyed by the bac
 checksum, precision and preprocessing (plus the augmentation recipe), its file name by the
 sha256 of the image bytes; view `i` of an image is drawn from a seed derived from its bytes
 and `i`, so the same views come back whatever the run, order or seed.
+
+Images are read and decoded by cpt.data.images only: a file that cannot be read or decoded is
+recorded in `stats.failed`, never raised. A cache entry that is damaged (unreadable, wrong
+shape or type, non-finite values, an all-zero row) is never used: the image is encoded again
+and the entry replaced atomically.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,9 +29,12 @@ from torchvision import transforms as T
 
 from cpt.core.backbone import Backbone, Preprocess
 from cpt.console import track
+from cpt.data.images import Unreadable, content_hash, read_image  # content_hash: also imported from here
 from cpt.errors import CptError
 from cpt.io import atomic_path, cache_root
 from cpt.options import Options, option
+
+log = logging.getLogger("cpt")
 
 # RandAugment's operations allowed in a strong view. "randaugment": all of them (SCPNet);
 # "colour-safe": those that keep hues, for labels that are colours (toy-ml, CUB attributes):
@@ -83,6 +92,7 @@ class CacheStats:
     encoded: int = 0
     cached: int = 0
     failed: dict[str, str] = field(default_factory=dict)  # path -> reason
+    repaired: int = 0  # damaged cache entries encoded again
 
 
 def eval_transform(pre: Preprocess) -> T.Compose:
@@ -108,22 +118,12 @@ def augment_transform(pre: Preprocess, aug: AugmentSpec) -> T.Compose:
     return T.Compose([*steps, T.ToTensor(), T.Normalize(pre.mean, pre.std)])
 
 
-def content_hash(path: Path) -> str:
-    """sha256 of the file's bytes: the cache key of an image, wherever it lives."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def _key(backbone: Backbone, kind: dict) -> str:
     blob = json.dumps(
         {"sha256": backbone.checksum, "precision": backbone.precision, "pre": backbone.preprocess.to_dict(), **kind},
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _open_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as im:
-        return im.convert("RGB")
 
 
 def _augmented(image: Image.Image, digest: str, transform: T.Compose, aug: AugmentSpec, i: int) -> Tensor:
@@ -133,10 +133,11 @@ def _augmented(image: Image.Image, digest: str, transform: T.Compose, aug: Augme
         return transform(image)
 
 
-def image_views(path: Path, digest: str, pre: Preprocess, aug: AugmentSpec | None,
+def image_views(source: Path | Image.Image, digest: str, pre: Preprocess, aug: AugmentSpec | None,
                 which: list[int] | None = None) -> Tensor:
-    """Input tensors (views, 3, H, W) of one image: the eval view, or its augmented views (all, or `which`)."""
-    image = _open_rgb(path)
+    """Input tensors (views, 3, H, W) of one image (a decoded RGB image, or a file read with
+    `read_image`, which raises `Unreadable`): the eval view, or its augmented views (all, or `which`)."""
+    image = source if isinstance(source, Image.Image) else read_image(source)[0]
     if aug is None:
         return eval_transform(pre)(image).unsqueeze(0)
     transform = augment_transform(pre, aug)
@@ -150,16 +151,31 @@ class EncodedViews:
     def __init__(self, backbone: Backbone, paths: list[Path], aug: AugmentSpec) -> None:
         self.backbone = backbone
         self.paths = list(paths)
-        self.digests = [content_hash(p) for p in self.paths]
+        try:
+            self.digests = [content_hash(p) for p in self.paths]
+        except Unreadable as exc:
+            raise _changed(exc) from None
         self.aug = aug
         self.shape = (len(self.paths), aug.views, backbone.geometry["embed_dim"])
 
     def __getitem__(self, index: tuple[Tensor, Tensor]) -> Tensor:
         images, views = index
         pre = self.backbone.preprocess
-        pixels = torch.cat([image_views(self.paths[i], self.digests[i], pre, self.aug, [v])
-                            for i, v in zip(images.tolist(), views.tolist())])
+        try:
+            decoded = [read_image(self.paths[i])[0] for i in images.tolist()]
+        except Unreadable as exc:
+            raise _changed(exc) from None
+        pixels = torch.cat([image_views(image, self.digests[i], pre, self.aug, [v])
+                            for image, i, v in zip(decoded, images.tolist(), views.tolist())])
         return self.backbone.model.encode_image(pixels.to(self.backbone.device, self.backbone.dtype)).float()
+
+
+def _changed(exc: Unreadable) -> CptError:
+    """A training image that was checked readable and no longer is: it changed during the run."""
+    return CptError(
+        f"{exc.path} was readable when the run started but now is not ({exc.reason}): it changed during the run. "
+        "Restore it (or remove it) and resume with `cpt fit --resume RUN`."
+    )
 
 
 class FeatureCache:
@@ -182,8 +198,31 @@ class FeatureCache:
         self.stats.encoded += len(batch)
         return [f.numpy() for f in feats.split(sizes)]
 
+    def _cached(self, entry: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+        """The features stored in `entry`, or None when there are none or they are damaged
+        (then the caller encodes the image again and overwrites the entry)."""
+        if not entry.exists():
+            return None
+        try:
+            feat = np.load(entry, allow_pickle=False)
+        except Exception as exc:  # noqa: BLE001 - truncated, garbage, not an .npy: any failure means re-encode
+            problem = f"unreadable ({type(exc).__name__})"
+        else:
+            if not isinstance(feat, np.ndarray) or feat.dtype != np.float32 or feat.shape != shape:
+                found = f"{feat.dtype} {feat.shape}" if isinstance(feat, np.ndarray) else type(feat).__name__
+                problem = f"{found}, not float32 {shape}"
+            elif not np.isfinite(feat).all():
+                problem = "non-finite values"
+            elif not np.abs(feat).max(axis=-1).all():
+                problem = "an all-zero feature"
+            else:
+                return feat
+        self.stats.repaired += 1
+        log.warning("damaged feature cache entry %s (%s): encoding its image again", entry, problem)
+        return None
+
     def readable(self, paths: list[Path]) -> Tensor:
-        """Indices of `paths` whose image has not failed to decode (call after `features`)."""
+        """Indices of `paths` whose image has not failed to read or decode (call after `features`)."""
         return torch.tensor([i for i, p in enumerate(paths) if str(p) not in self.stats.failed], dtype=torch.long)
 
     def features(self, paths: list[Path], aug: AugmentSpec | None = None, label: str = "Encoding images") -> Tensor:
@@ -193,26 +232,29 @@ class FeatureCache:
         """
         kind = {"view": "eval"} if aug is None else {"view": "augment", **aug.key()}
         folder = self._folder(kind)
+        dim = self.backbone.geometry["embed_dim"]
+        shape = (dim,) if aug is None else (aug.views, dim)
         out: list[np.ndarray | None] = [None] * len(paths)
-        todo: list[tuple[int, Path, str]] = []
+        todo: list[tuple[int, Path]] = []
         for i, path in enumerate(paths):
             try:
                 digest = content_hash(path)
-            except OSError as exc:
-                self.stats.failed[str(path)] = f"cannot read file: {exc.strerror or exc}"
+            except Unreadable as exc:
+                self.stats.failed[str(path)] = exc.reason
                 continue
-            cached = folder / digest[:2] / f"{digest}.npy"
-            if cached.exists():
-                out[i] = np.load(cached)
+            feat = self._cached(folder / digest[:2] / f"{digest}.npy", shape)
+            if feat is not None:
+                out[i] = feat
                 self.stats.cached += 1
             else:
-                todo.append((i, path, digest))
+                todo.append((i, path))
         batch: list[tuple[int, str, Tensor]] = []
-        for n, (i, path, digest) in enumerate(track(todo, label, total=len(todo))):
-            try:
-                batch.append((i, digest, image_views(path, digest, self.backbone.preprocess, aug)))
-            except (OSError, ValueError, Image.DecompressionBombError) as exc:
-                self.stats.failed[str(path)] = f"cannot decode image: {exc}"
+        for n, (i, path) in enumerate(track(todo, label, total=len(todo))):
+            try:  # the digest of the bytes decoded now keys the entry, even if the file changed since it was hashed
+                image, digest = read_image(path)
+                batch.append((i, digest, image_views(image, digest, self.backbone.preprocess, aug)))
+            except Unreadable as exc:
+                self.stats.failed[str(path)] = exc.reason
             if batch and (len(batch) == self.batch_size or n == len(todo) - 1):
                 for (j, dig, _), feat in zip(batch, self._encode([b[2] for b in batch])):
                     feat = feat[0] if aug is None else feat
@@ -221,8 +263,7 @@ class FeatureCache:
                             np.save(fh, feat)
                     out[j] = feat
                 batch = []
-        dim = self.backbone.geometry["embed_dim"]
-        blank = np.full((dim,) if aug is None else (aug.views, dim), np.nan, dtype=np.float32)
+        blank = np.full(shape, np.nan, dtype=np.float32)
         if not out:
             return torch.empty(0, *blank.shape)
         return torch.from_numpy(np.stack([blank if o is None else o for o in out]))

@@ -7,7 +7,6 @@ the label set of the images found on disk and the images it skipped.
 
 from __future__ import annotations
 
-import json
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cpt.data.files import read_csv_file, read_json_file, read_text_file
 from cpt.data.tasks import IMAGE_EXTENSIONS, Skipped
 from cpt.errors import CptError
 
@@ -106,9 +106,16 @@ def read_label_csv(path: Path, classes: list[str] | None = None, root: Path | No
             f"unknown_value must be -1 (cells 1 / 0 / -1: positive / negative / unknown) or 0 "
             f"(cells 1 / -1 / 0), not {unknown_value!r}."
         )
-    frame = pd.read_csv(path, dtype={"path": str, "labels": str}, keep_default_na=False, na_values=[""])
+    fix = ("A multi-label label CSV is UTF-8 text with a header row and one row per image: path,<class1>,<class2>,... "
+           "(cells 1, 0, -1 or blank) or path,labels (';'-joined positive classes).")
+    frame = read_csv_file(path, "The label file", fix, dtype={"path": str, "labels": str}, keep_default_na=False,
+                          na_values=[""])
     if "path" not in frame.columns:
-        raise CptError(f"{path} has no 'path' column; a multi-label CSV is path,<class1>,... or path,labels.")
+        raise CptError(f"The label file {path} has no 'path' column (its columns: "
+                       f"{', '.join(map(str, frame.columns[:8]))}). {fix}")
+    blank = frame.index[frame["path"].isna()]
+    if len(blank):
+        raise CptError(f"The label file {path} has an empty path in row {blank[0] + 2}. Fill it in or delete the row.")
     if list(frame.columns) == ["path", "labels"]:
         marks = _long_marks(frame)
         classes = match_classes(path, sorted({c for m in marks for c in m}), classes, exact=False)
@@ -116,6 +123,9 @@ def read_label_csv(path: Path, classes: list[str] | None = None, root: Path | No
     else:
         classes = match_classes(path, [str(c) for c in frame.columns if c != "path"], classes, exact=True)
         targets = _wide_values(frame, path, classes, unknown_value)
+    if not classes:
+        raise CptError(f"The label file {path} names no class: it has a path column but no class column, or no "
+                       f"positive label in its labels column. {fix}")
     base = path.parent if root is None else root
     labels, skipped = on_disk(path, [base / rel for rel in frame["path"]], targets)
     return classes, labels, skipped
@@ -134,6 +144,10 @@ def _coco_entries(data: dict) -> tuple[list[str], list[tuple[str, Marks]]]:
     marks: dict[int, Marks] = {image["id"]: {} for image in data["images"]}
     for annotation in data["annotations"]:
         marks[annotation["image_id"]][name_of[annotation["category_id"]]] = 1
+    names = [im["file_name"] for im in data["images"]]
+    bad = next((n for n in names if not isinstance(n, str) or not n.strip() or "\x00" in n), None)
+    if bad is not None:
+        raise ValueError(f"an image's file_name is {bad!r}, not a file name")
     return [name_of[c["id"]] for c in categories], [(im["file_name"], marks[im["id"]]) for im in data["images"]]
 
 
@@ -142,13 +156,13 @@ def read_coco(path: Path, classes: list[str] | None = None, images: Path | None 
 
     Images are `images`/file_name (default: see `_coco_root`); images without annotation are skipped.
     """
+    fix = ("A COCO instances file is a JSON object with 'images' (id, file_name), 'annotations' (image_id, "
+           "category_id) and 'categories' (id, name).")
+    data = read_json_file(path, "The COCO label file", fix)
     try:
-        found, entries = _coco_entries(json.loads(path.read_text()))
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as error:
-        raise CptError(
-            f"{path} is not a COCO instances file ({type(error).__name__}: {error}); it must be a JSON object "
-            "with 'images' (id, file_name), 'annotations' (image_id, category_id) and 'categories' (id, name)."
-        ) from None
+        found, entries = _coco_entries(data)
+    except (KeyError, TypeError, AttributeError, ValueError) as error:
+        raise CptError(f"{path} is not a COCO instances file ({type(error).__name__}: {error}). {fix}") from None
     classes = match_classes(path, found, classes, exact=True)
     root = images or _coco_root(path)
     kept = [(root / name, marks) for name, marks in entries if marks]
@@ -177,7 +191,8 @@ def _voc_ids(path: Path, annotations: Path) -> list[str]:
     """The image ids of an image-set list (first token of each line), or of every annotation."""
     if path.is_dir():
         return sorted(xml.stem for xml in annotations.glob("*.xml"))
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    text = read_text_file(path, "The VOC image-set list", "It lists one image id per line (ImageSets/Main/<split>.txt).")
+    return [line.split()[0] for line in text.splitlines() if line.strip()]
 
 
 def read_voc(path: Path, classes: list[str] | None = None, images: Path | None = None) -> Labels:

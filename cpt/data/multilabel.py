@@ -1,11 +1,14 @@
 """Multi-label tasks: train and test label sets read from label files (see cpt.data.label_formats).
 
 A target matrix holds 1 (positive), 0 (negative) or -1 (unknown) per (image, class); unknown
-entries never count in training losses or in evaluation.
+entries never count in training losses or in evaluation. An image a label file lists twice is
+kept once (with a warning) when both rows agree, and refused when they do not; test images that
+are also training images are reported, since their scores are not held out.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +18,7 @@ from cpt.data.tasks import Skipped
 from cpt.errors import CptError
 from cpt.data.label_formats import UNKNOWN, LabelSet, read_label_csv, read_labels
 
+log = logging.getLogger("cpt")
 __all__ = [
     "UNKNOWN", "LabelSet", "LabelSource", "MultiLabelTask", "load_multilabel_task", "load_source",
     "read_label_csv", "read_labels", "split_labels",
@@ -68,13 +72,42 @@ def split_labels(labels: LabelSet, test_fraction: float, seed: int) -> tuple[Lab
     return _subset(labels, np.sort(order[n_test:])), _subset(labels, np.sort(order[:n_test]))
 
 
+def once_per_image(labels: LabelSet, file: str) -> LabelSet:
+    """`labels` with each image once: repeats with the same targets dropped (with a warning),
+    repeats with other targets refused (which row is right is the user's call)."""
+    first: dict[Path, int] = {}
+    keep, repeats = [], []
+    for i, path in enumerate(labels.paths):
+        j = first.setdefault(path, i)
+        if j == i:
+            keep.append(i)
+        elif np.array_equal(labels.targets[i], labels.targets[j]):
+            repeats.append(path)
+        else:
+            raise CptError(
+                f"The label file {file} lists the image {path} twice, with different labels. Keep one row per image "
+                "(merge the two rows' labels into one)."
+            )
+    if not repeats:
+        return labels
+    log.warning("%s lists %d image(s) more than once with the same labels (e.g. %s); each is used once",
+                file, len(repeats), repeats[0])
+    return _subset(labels, np.array(keep, dtype=np.int64))
+
+
 def load_source(name: str, source: LabelSource) -> tuple[MultiLabelTask, list[Skipped]]:
     """The task `source` describes: its test file's labels, or a seeded split of the training file's."""
     images = Path(source.images) if source.images else None
     classes, train, skipped = read_labels(Path(source.labels), None, images, source.unknown_value)
+    train = once_per_image(train, source.labels)
     if source.test_labels:
         _, test, skipped_test = read_labels(Path(source.test_labels), classes, images, source.unknown_value)
+        test = once_per_image(test, source.test_labels)
         skipped = skipped + skipped_test
+        shared = sorted(set(train.paths) & set(test.paths))
+        if shared:
+            log.warning("multi-label task %r: %d of its %d test images are also training images (e.g. %s): their "
+                        "scores are not a held-out measurement", name, len(shared), len(test.paths), shared[0])
     else:
         train, test = split_labels(train, source.test_fraction, source.seed)
     for split, labels in (("train", train), ("test", test)):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cpt.data.files import read_csv_file
 from cpt.errors import CptError
 from cpt.data.multilabel import UNKNOWN
 
@@ -49,7 +50,8 @@ def read_mask(path: Path, paths: list[str], classnames: list[str]) -> np.ndarray
     else by file name) and classes; a mismatch is a user error naming what is missing."""
     if not Path(path).is_file():
         raise CptError(f"--mask {path} does not exist; give a mask_<task>.csv written by an earlier run.")
-    frame = pd.read_csv(path, dtype={"path": str})
+    frame = read_csv_file(path, "--mask", "A mask file is a CSV path,<class1>,... with 1 (known) or 0 (hidden) "
+                          "cells, as written by an earlier run (mask_<task>.csv).", dtype={"path": str})
     missing = [c for c in ["path", *classnames] if c not in frame.columns]
     if missing:
         raise CptError(f"--mask {path} has no column for {', '.join(missing[:10])}; it was written for other classes.")

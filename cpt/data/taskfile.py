@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from cpt.data.names import check_task_names
 from cpt.errors import CptError
 
 METRICS = ("accuracy", "mean_per_class_accuracy")
@@ -53,7 +54,7 @@ def is_task_file(path: str) -> bool:
         return False
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return False
     return isinstance(data, dict) and "tasks" in data
 
@@ -76,6 +77,8 @@ def read_task_file(path: str | Path) -> list[TaskSpec]:
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
         kind = "YAML" if suffix in YAML_SUFFIXES else "JSON"
         raise CptError(f"The task file {file} is not valid {kind} ({exc}). {example}") from exc
+    except RecursionError:
+        raise CptError(f"The task file {file} nests lists or mappings too deeply to be read. {example}") from None
     if isinstance(data, dict) and {"train", "test"} <= set(data):
         raise CptError(
             f"{file} is a CoOp split JSON, not a task file. Pass it as one task (--tasks NAME={file}@IMAGE_ROOT) "
@@ -96,6 +99,7 @@ def read_task_file(path: str | Path) -> list[TaskSpec]:
             f"The task file {file} names the task {', '.join(map(repr, duplicates))} more than once. "
             "Give each task its own name."
         )
+    check_task_names([s.name for s in specs], f"The task file {file}")
     return specs
 
 

@@ -1,24 +1,28 @@
 """Single-label tasks: load a folder, CSV or CoOp split JSON; split by seed; sample K shots.
 
-Loading only lists files (decoding 100k images is slow); `check_image` decodes one image and
-is called by whoever needs the pixels. Every random choice is a `random.Random` seeded with
-a string built from the seed, the task and the class, so a result never depends on the order
-in which tasks or classes are processed, nor on PYTHONHASHSEED.
+Loading only lists files (decoding 100k images is slow); `check_image` (cpt.data.images, the one
+place that reads and decodes an image) is called by whoever needs the pixels. An image listed
+twice is kept once with a warning when both entries agree, and refused when they disagree (two
+classes, or two splits: test images would leak into training). Every random choice is a
+`random.Random` seeded with a string built from the seed, the task and the class, so a result
+never depends on the order in which tasks or classes are processed, nor on PYTHONHASHSEED.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
+from cpt.data.files import read_csv_file, read_json_file, read_text_file
+from cpt.data.images import check_image, file_problem  # noqa: F401 (check_image: few_shot's default, and fit's)
+from cpt.data.names import check_task_names
 from cpt.data.recipes import recipe
 from cpt.errors import CptError
 from cpt.data.taskfile import TaskSpec, is_task_file, read_task_file, repeated
@@ -81,6 +85,7 @@ def parse_task_spec(spec: str) -> list[tuple[str, str]]:
             f"--tasks names the task {', '.join(map(repr, duplicates))} more than once ({spec!r}). "
             "Give each task its own name: NAME=PATH."
         )
+    check_task_names([name for name, _ in pairs], f"--tasks {spec}")
     return pairs
 
 
@@ -119,6 +124,8 @@ def load_task(name: str, path: str, seed: int) -> tuple[Task, list[Skipped]]:
             "folder of class sub-folders (optionally inside train/ val/ test/), a CSV with path,label "
             "columns, or a CoOp split JSON."
         )
+    if file.is_dir():  # CSV and JSON entries went through `_unique`
+        _one_place_per_image(name, path, classes, splits)
     if not splits["test"]:
         raise CptError(
             f"Task '{name}' ({path}) has no test images. Add a test split (a test/ folder, split=test "
@@ -126,6 +133,22 @@ def load_task(name: str, path: str, seed: int) -> tuple[Task, list[Skipped]]:
         )
     ordered = {k: sorted(v, key=lambda s: (s.label, str(s.path))) for k, v in splits.items()}
     return Task(name, classes, ordered, path, name.replace("_", " ")), skipped
+
+
+def _one_place_per_image(name: str, source: str, classes: list[str], splits: dict[str, list[Sample]]) -> None:
+    """Refuse an image (a resolved path: links followed) of a folder task in two splits or two classes,
+    which folders reach through symbolic links."""
+    seen: dict[Path, tuple[str, int]] = {}
+    for split in SPLITS:
+        for s in splits[split]:
+            first = seen.setdefault(s.path, (split, s.label))
+            if first != (split, s.label):
+                raise CptError(
+                    f"Task '{name}' ({source}): the image {s.path} is both in {first[0]} (class '{classes[first[1]]}') "
+                    f"and in {split} (class '{classes[s.label]}'), through a symbolic link or a copy of the entry. "
+                    "An image may be in one split and one class only (an image in both train and test leaks the "
+                    "test into training): remove one of them."
+                )
 
 
 def _display(folder: str) -> str:
@@ -138,7 +161,8 @@ def _classnames_file(root: Path) -> dict[str, str]:
     if not file.is_file():
         return {}
     names = {}
-    for line in file.read_text(encoding="utf-8").splitlines():
+    text = read_text_file(file, "The class-name file", "It holds one line per class folder: <folder> <display name>.")
+    for line in text.splitlines():
         folder, _, display = line.strip().partition(" ")
         if folder:
             names[folder] = display.strip() or _display(folder)
@@ -150,15 +174,17 @@ def _subdirs(folder: Path) -> list[str]:
 
 
 def _list_images(task: str, folder: Path, cls: str) -> tuple[list[Path], list[Skipped]]:
-    """The image files directly in `folder`; other non-hidden files become Skipped entries."""
+    """The image files directly in `folder`; other non-hidden entries but folders become Skipped
+    entries (files of other types, and image names that are no regular file: FIFOs, broken links, link loops)."""
     images, skipped = [], []
     for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or not p.is_file():
+        if p.name.startswith(".") or p.is_dir():
             continue
-        if p.suffix.lower() in IMAGE_EXTENSIONS:
-            images.append(p)
+        problem = "not an image file" if p.suffix.lower() not in IMAGE_EXTENSIONS else file_problem(p)
+        if problem:
+            skipped.append(Skipped(task, str(p), problem))
         else:
-            skipped.append(Skipped(task, str(p), "not an image file"))
+            images.append(p)
     if not images:
         raise CptError(
             f"class '{cls}' of task '{task}' has no images in {folder}. Add images "
@@ -239,12 +265,9 @@ def _class_order(labels: set[str]) -> list[str]:
 
 def _from_csv(task: str, file: Path, seed: int) -> tuple[list[str], dict[str, list[Sample]], list[Skipped]]:
     """A CSV with `path,label[,split]`; paths relative to the CSV's folder; no split column: split by seed."""
-    try:
-        frame = pd.read_csv(file, dtype=str, keep_default_na=False)
-    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise CptError(
-            f"Task '{task}': {file} could not be read as a CSV ({exc}). Save it as UTF-8 CSV with a path,label header."
-        ) from exc
+    frame = read_csv_file(
+        file, f"Task '{task}': the CSV", "A single-label CSV is UTF-8 text with a header row path,label[,split] and "
+        "one row per image (paths relative to the CSV's folder).", dtype=str, keep_default_na=False)
     frame.columns = [str(c).strip().lower() for c in frame.columns]
     if not {"path", "label"} <= set(frame.columns):
         raise CptError(
@@ -271,25 +294,78 @@ def _from_csv(task: str, file: Path, seed: int) -> tuple[list[str], dict[str, li
     splits: dict[str, list[Sample]] = {s: [] for s in SPLITS}
     skipped: list[Skipped] = []
     by_class: dict[str, list[tuple[Path, str]]] = {c: [] for c in labels}
-    for row in frame.itertuples(index=False):
-        path = (file.parent / row.path).resolve()
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            skipped.append(Skipped(task, str(path), "not an image file"))
+    rows = [Entry((file.parent / row.path).resolve(), row.label, row.split if has_split else "", f"row {i + 2}")
+            for i, row in enumerate(frame.itertuples(index=False))]
+    for entry in _unique(task, file, rows):
+        if entry.path.suffix.lower() not in IMAGE_EXTENSIONS:
+            skipped.append(Skipped(task, str(entry.path), "not an image file"))
         else:
-            by_class[row.label].append((path, row.split if has_split else ""))
-    for cls, rows in by_class.items():
-        if not rows:
+            by_class[entry.label].append((entry.path, entry.split))
+    for cls, found in by_class.items():
+        if not found:
             raise CptError(
                 f"class '{cls}' of task '{task}' has no images in {file}: none of its rows points to an "
                 f"image file ({', '.join(sorted(IMAGE_EXTENSIONS))}). Fix its paths or remove its rows."
             )
         if has_split:
-            for path, split in rows:
+            for path, split in found:
                 splits[split].append(Sample(path, index[cls]))
         else:
-            for split, part in zip(SPLITS, _split_by_seed([p for p, _ in rows], seed, task, cls)):
+            for split, part in zip(SPLITS, _split_by_seed([p for p, _ in found], seed, task, cls)):
                 splits[split] += [Sample(p, index[cls]) for p in part]
     return [_display(c) for c in labels], splits, skipped
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One listed image of a CSV or split JSON, before it becomes a Sample."""
+
+    path: Path  # resolved
+    label: Any  # the class key as the file writes it
+    split: str  # "" when the split is drawn by seed
+    where: str  # "row 7", '"test" entry 3': where the file lists it
+
+
+def _unique(task: str, file: Path, entries: list[Entry], split_file: bool = False) -> list[Entry]:
+    """`entries` with each image once: repeats with the same class and split are dropped with a
+    warning; an image listed with two classes, or in two splits (a test image would leak into
+    training), is refused — except, in a published split file (`split_file`), an image in two
+    splits with the same class: the file defines a benchmark, so it is kept with a warning."""
+    first: dict[Path, Entry] = {}
+    kept, repeats, leaks = [], [], []
+    for entry in entries:
+        seen = first.setdefault(entry.path, entry)
+        if seen is entry:
+            kept.append(entry)
+        elif (seen.label, seen.split) == (entry.label, entry.split):
+            repeats.append(entry)
+        elif split_file and seen.label == entry.label:
+            kept.append(entry)
+            leaks.append(entry)
+        else:
+            def place(e: Entry) -> str:
+                return f"{e.where} (class {e.label!r}{f', split {e.split}' if e.split else ''})"
+
+            raise CptError(
+                f"Task '{task}': {file} lists the image {entry.path} twice, in {place(seen)} and in {place(entry)}. "
+                "An image may have one class and be in one split only (an image in both train and test leaks the "
+                "test into training): delete or fix one of the two."
+            )
+    if repeats:
+        log.warning("task '%s': %s lists %d image(s) more than once with the same class and split (e.g. %s, %s); "
+                    "each is used once", task, file, len(repeats), repeats[0].path, repeats[0].where)
+    if leaks:
+        log.warning("task '%s': %s puts %d image(s) in two splits (e.g. %s, %s and %s): they are kept as the file "
+                    "says, but a test image that is also a training image is not a held-out measurement", task, file,
+                    len(leaks), leaks[0].path, first[leaks[0].path].where, leaks[0].where)
+    return kept
+
+
+def _short(value: Any) -> str:
+    """A bounded repr (a malformed entry may be a huge or deeply nested value)."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxstring, short.maxother = 3, 4, 60, 60
+    return short.repr(value)
 
 
 def _from_coop_json(task: str, file: Path, root: Path) -> tuple[list[str], dict[str, list[Sample]], list[Skipped]]:
@@ -298,32 +374,31 @@ def _from_coop_json(task: str, file: Path, root: Path) -> tuple[list[str], dict[
         f"A CoOp split file is {{\"train\": [[path, label, classname], ...], \"val\": [...], \"test\": [...]}}; "
         f"fix or re-download {file.name} (images are looked up under {root}; set that with FILE.json@IMAGE_ROOT)."
     )
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CptError(f"Task '{task}': {file} is not valid JSON ({exc}). {hint}") from exc
+    data = read_json_file(file, f"Task '{task}': the split file", hint)
     if not isinstance(data, dict) or not {"train", "test"} <= set(data):
         raise CptError(f"Task '{task}': {file} lacks the \"train\" and \"test\" lists. {hint}")
-    entries: dict[str, list[tuple[str, int]]] = {}
+    entries: list[Entry] = []
     names: dict[int, str] = {}
     for split in SPLITS:
-        entries[split] = []
-        for item in data.get(split, []):
-            ok = isinstance(item, list) and len(item) >= 3 and isinstance(item[0], str) and type(item[1]) is int
+        items = data.get(split, [])
+        if not isinstance(items, list):
+            raise CptError(f"Task '{task}': {file} has \"{split}\": {_short(items)}, which is not a list. {hint}")
+        for j, item in enumerate(items):
+            ok = (isinstance(item, list) and len(item) >= 3 and isinstance(item[0], str) and item[0].strip() != ""
+                  and "\x00" not in item[0] and type(item[1]) is int and type(item[2]) in (str, int, float))
             if not ok or names.setdefault(item[1], str(item[2])) != str(item[2]):
-                raise CptError(f"Task '{task}': {file} has a malformed or inconsistent {split} entry {item!r}. {hint}")
-            entries[split].append((item[0], item[1]))
+                raise CptError(f"Task '{task}': {file} has a malformed or inconsistent \"{split}\" entry {j + 1}: "
+                               f"{_short(item)}. {hint}")
+            entries.append(Entry((root / item[0]).resolve(), item[1], split, f"\"{split}\" entry {j + 1}"))
     order = sorted(names)
     index = {label: i for i, label in enumerate(order)}
     splits: dict[str, list[Sample]] = {s: [] for s in SPLITS}
     skipped: list[Skipped] = []
-    for split, items in entries.items():
-        for rel, label in items:
-            path = (root / rel).resolve()
-            if path.suffix.lower() in IMAGE_EXTENSIONS:
-                splits[split].append(Sample(path, index[label]))
-            else:
-                skipped.append(Skipped(task, str(path), "not an image file"))
+    for entry in _unique(task, file, entries, split_file=True):
+        if entry.path.suffix.lower() in IMAGE_EXTENSIONS:
+            splits[entry.split].append(Sample(entry.path, index[entry.label]))
+        else:
+            skipped.append(Skipped(task, str(entry.path), "not an image file"))
     present = {s.label for samples in splits.values() for s in samples}
     for i, label in enumerate(order):
         if i not in present:
@@ -332,18 +407,6 @@ def _from_coop_json(task: str, file: Path, root: Path) -> tuple[list[str], dict[
                 f"to an image file ({', '.join(sorted(IMAGE_EXTENSIONS))}). {hint}"
             )
     return [_display(names[label]) for label in order], splits, skipped
-
-
-def check_image(path: Path) -> str | None:
-    """None if PIL can open and decode the image to RGB, else a short reason."""
-    if not Path(path).is_file():
-        return "file not found"
-    try:
-        with Image.open(path) as im:
-            im.convert("RGB")
-    except Exception as exc:  # PIL raises many types for bad files (OSError, ValueError, SyntaxError, ...)
-        return f"cannot decode image: {exc}"
-    return None
 
 
 def few_shot(task: Task, shots: int, seed: int, check: Check = check_image) -> tuple[Task, list[Skipped]]:

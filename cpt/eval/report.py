@@ -1,8 +1,12 @@
-"""The human report: report.md with a headline table, per-task details and PNG plots."""
+"""The human report: report.md with a headline table, per-task details and PNG plots.
+
+Task and class names are the user's text: they become file names only through
+`cpt.data.names.safe_name`, and plots draw them as plain text (never as math or LaTeX).
+"""
 
 from __future__ import annotations
 
-import re
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,15 +18,24 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import precision_recall_curve
 
+from cpt.data.names import safe_name  # noqa: F401 (also imported from here)
 from cpt.io import atomic_path, write_text
 from cpt.eval.metrics import TaskPredictions, average_precisions, confusion
 
 HEADLINE = {"accuracy": "accuracy", "mean_per_class_accuracy": "mean per-class acc.", "macro_f1": "macro-F1"}
 
 
-def safe_name(name: str) -> str:
-    """A file-name-safe version of a task name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "task"
+# the report's plots draw every text as it is: a name like "$\\foo$" or "50%_{x}$" is a name, not math
+PLAIN_TEXT = {"text.parse_math": False, "text.usetex": False}
+
+
+def _plain_text(plot):
+    """Run a plot function (figure creation to saving) with PLAIN_TEXT settings."""
+    @functools.wraps(plot)
+    def wrapper(*args, **kwargs):
+        with plt.rc_context(PLAIN_TEXT):
+            return plot(*args, **kwargs)
+    return wrapper
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
@@ -31,6 +44,7 @@ def _save(fig: plt.Figure, path: Path) -> None:
     plt.close(fig)
 
 
+@_plain_text
 def plot_confusion(preds: TaskPredictions, path: Path) -> None:
     """Confusion matrix heat map; counts written in cells up to 20 classes, names up to 40."""
     matrix = confusion(preds)
@@ -51,6 +65,7 @@ def plot_confusion(preds: TaskPredictions, path: Path) -> None:
     _save(fig, path)
 
 
+@_plain_text
 def plot_class_bars(per_class: pd.DataFrame, task: str, column: str, label: str, path: Path) -> None:
     """Horizontal bars of a per-class percentage (accuracy, AP), best at the top."""
     rows = per_class[per_class.task == task].dropna(subset=[column]).sort_values(column)
@@ -86,18 +101,20 @@ def pr_curves(classnames: list[str], scores: np.ndarray, targets: np.ndarray, n:
     return curves
 
 
+@_plain_text
 def plot_pr_curves(curves: list[PRCurve], task: str, path: Path) -> None:
     """Precision against recall, one line per class, legend with class name and AP."""
     fig, ax = plt.subplots(figsize=(6, 5))
-    for curve in curves:
-        ax.step(curve.recall, curve.precision, where="post", label=f"{curve.name} (AP {curve.ap:.1f})")
+    lines = [ax.step(curve.recall, curve.precision, where="post")[0] for curve in curves]
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.set_title(f"{task}: best and worst classes by AP")
     if curves:
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+        # labels passed explicitly: matplotlib would leave out a name starting with "_"
+        ax.legend(lines, [f"{c.name} (AP {c.ap:.1f})" for c in curves], fontsize=8, loc="upper left",
+                  bbox_to_anchor=(1.01, 1))
     _save(fig, path)
 
 
@@ -176,13 +193,16 @@ AXIS_PLOTS = {
 }
 
 
+@_plain_text
 def plot_against(frame: pd.DataFrame, axis: str, path: Path) -> None:
     """`value` against `axis`, one line per `label`: mean over rows (seeds), std as error bars."""
     _, x_label, y_label = AXIS_PLOTS[axis]
     fig, ax = plt.subplots(figsize=(6, 4))
+    lines, labels = [], []
     for label, rows in frame.groupby("label", sort=False):
         stats = rows.groupby(axis)["value"].agg(["mean", "std"]).fillna({"std": 0.0})
-        ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3, label=str(label))
+        lines.append(ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3))
+        labels.append(str(label))
     if axis == "shots":
         ax.set_xscale("log", base=2)
         ticks = sorted(frame[axis].unique())
@@ -191,7 +211,7 @@ def plot_against(frame: pd.DataFrame, axis: str, path: Path) -> None:
     ax.set_ylabel(y_label)
     ax.set_title(f"{y_label} against {x_label} (mean ± std over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(lines, labels, fontsize=8)
     _save(fig, path)
 
 

@@ -4,7 +4,8 @@ asymmetric loss over known entries, mAP and CP/CR/CF1/OP/OR/OF1, PR curves, thre
 Label sources (a folder with train.csv/test.csv, or --labels/--images/--test-labels) are read
 before the run directory exists. The partial-label protocol (a saved mask, one positive per
 image, or --known-ratio under the seed) decides what training sees; the run keeps the mask
-(mask_<task>.csv) and the targets it trained on (train_labels_<task>.csv).
+(mask_<task>.csv) and the targets it trained on (train_labels_<task>.csv), <task> being the task
+name as a file name (cpt.data.names.safe_name).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from cpt.data.names import check_task_names, safe_name
 from cpt.data.multilabel import UNKNOWN, LabelSource, MultiLabelTask, load_source
 from cpt.data.partial import mask_frame, partial_targets, read_mask
 from cpt.data.taskfile import TaskSpec
@@ -69,9 +71,12 @@ class MultiLabel(TaskKind):
     def load(self, specs: list[TaskSpec], opts: MultiLabelOptions, seed: int) -> tuple[list[MultiLabelTask], list[Skipped]]:
         if opts.mask and len(specs) != 1:
             raise CptError("--mask holds the mask of one task; run the tasks separately.")
+        check_task_names([s.name for s in specs], "--tasks (or, without it, the --labels file's name)")
         tasks, skipped = [], []
         for spec in specs:
             task, skip = load_source(spec.name, self._source(spec, opts, seed))
+            if opts.mask:  # read now, so a mask that does not fit is refused before the run folder exists
+                read_mask(Path(opts.mask), [str(p) for p in task.splits["train"].paths], task.classnames)
             tasks.append(task)
             skipped += skip
         return tasks, skipped
@@ -97,8 +102,9 @@ class MultiLabel(TaskKind):
         paths = [str(p) for p in labelled.paths]
         known = read_mask(Path(opts.mask), paths, task.classnames) if opts.mask else None
         targets = partial_targets(labelled.targets, opts.known_ratio, seed, opts.single_positive, known)
-        write_csv(run / f"mask_{task.name}.csv", mask_frame(paths, task.classnames, targets != UNKNOWN))
-        write_csv(run / f"train_labels_{task.name}.csv", mask_frame(paths, task.classnames, targets))
+        stem = safe_name(task.name)
+        write_csv(run / f"mask_{stem}.csv", mask_frame(paths, task.classnames, targets != UNKNOWN))
+        write_csv(run / f"train_labels_{stem}.csv", mask_frame(paths, task.classnames, targets))
         return targets.astype(np.int64)
 
     def loss(self, logits: Tensor, targets: Tensor) -> Tensor:

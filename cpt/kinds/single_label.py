@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cpt.data import tasks as D
+from cpt.data.names import check_task_names
 from cpt.data.taskfile import TaskSpec
 from cpt.errors import CptError
 from cpt.eval.metrics import TaskPredictions, metrics_frame, per_class_frame, predictions_frame
@@ -37,6 +38,7 @@ class SingleLabel(TaskKind):
     headline = "headline"
 
     def load(self, specs: list[TaskSpec], opts: SingleLabelOptions, seed: int) -> tuple[list[D.Task], list[D.Skipped]]:
+        check_task_names([s.name for s in specs], "The run's task list")
         tasks, skipped = [], []
         for spec in specs:
             task, skip = D.load_spec(spec, seed)
