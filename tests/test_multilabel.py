@@ -73,3 +73,26 @@ def test_asymmetric_loss_by_hand_ignores_unknowns():
     expected = -(torch.log(p[0]) + torch.log(1 - p_neg) * p_neg**4)
     torch.testing.assert_close(asymmetric_loss(logits, targets), expected)
     assert asymmetric_loss(logits, torch.full((1, 3), -1)) == 0
+
+
+def test_asymmetric_loss_gradient_treats_the_focal_weights_as_constants():
+    """The ASL authors train with the focal weight detached; the gradient by hand on a 3x4 example:
+    positive: -(1 - p)^g+ * (1 - p); negative with p_m = p - clip > 0: p_m^g- * p (1 - p) / (1 - p_m);
+    a negative below the clip and an unknown entry: 0."""
+    import torch
+
+    from cpt.methods.losses import asymmetric_loss
+
+    logits = torch.tensor([[2.0, -1.0, 0.5, 1.5], [-0.3, 3.0, -4.0, 0.2], [1.0, 0.0, -2.0, 2.5]], requires_grad=True)
+    targets = torch.tensor([[1, 0, -1, 0], [0, 1, 0, -1], [1, 0, 0, 1]])
+    gamma_neg, gamma_pos, clip = 4.0, 1.0, 0.05
+    asymmetric_loss(logits, targets, gamma_neg, gamma_pos, clip).backward()
+    expected = torch.zeros(3, 4, dtype=torch.float64)
+    for (i, j), t in zip(((i, j) for i in range(3) for j in range(4)), targets.flatten().tolist()):
+        p = 1 / (1 + torch.exp(-logits[i, j].detach().double()))
+        if t == 1:
+            expected[i, j] = -((1 - p) ** gamma_pos) * (1 - p)
+        elif t == 0 and p > clip:
+            p_m = p - clip
+            expected[i, j] = p_m**gamma_neg * p * (1 - p) / (1 - p_m)
+    torch.testing.assert_close(logits.grad.double(), expected, rtol=1e-5, atol=1e-7)

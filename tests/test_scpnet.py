@@ -47,12 +47,19 @@ def test_self_training_loss_matches_a_hand_computation():
     confident = np.array([True, False, True])
     relation = rng.random((4, 4))
     relation /= relation.sum(1, keepdims=True)
-    p = _sigmoid(strong)
     soft = weak @ relation.T
-    bce = lambda t: -(t * np.log(p) + (1 - t) * np.log(1 - p))  # noqa: E731
-    expected = ((bce(labels) + 0.5 * bce(soft)) * confident[:, None]).sum()
-    got = self_training_loss(*(torch.tensor(a) for a in (strong, weak, labels, confident, relation)), kl_lambda=0.5)
-    assert got.item() == pytest.approx(expected, rel=1e-9)
+
+    def expected(strong):  # the reference clamps the probabilities at 1e-8 before the log
+        p = _sigmoid(strong.astype(np.float32)).astype(np.float32)
+        bce = lambda t: -(t * np.log(np.maximum(p, 1e-8)) + (1 - t) * np.log(np.maximum(1 - p, 1e-8)))  # noqa: E731
+        return ((bce(labels) + 0.5 * bce(soft)) * confident[:, None]).sum()
+
+    for scale in (1.0, 100.0):  # 100: CLIP's logit scale, where the sigmoid saturates in float32
+        logits = (scale * np.tanh(strong)).astype(np.float32)
+        got = self_training_loss(torch.tensor(logits), *(torch.tensor(a, dtype=torch.float32) for a in
+                                                        (weak, labels)), torch.tensor(confident),
+                                 torch.tensor(relation, dtype=torch.float32), kl_lambda=0.5)
+        assert got.item() == pytest.approx(expected(logits), rel=1e-4)
 
 
 def test_splc_matches_a_hand_computation_and_corrects_confident_negatives():

@@ -50,6 +50,23 @@ def test_class_feature_variant_generates_a_context_per_class(backbone):
     torch.testing.assert_close(method.class_weights(1, torch.tensor([1]))[0], method.class_weights(1)[1], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("variant", ["cata", "cats", "csta", "csts"])
+def test_class_context_is_one_tensor_for_all_tasks_in_ca_variants(backbone, variant):
+    """As the reference: `ca` shares one class context across every class of every task, so a
+    step on either task moves the same tensor; `cs` keeps one context per class of each task."""
+    method = build_method("softcpt", backbone, TASKS, {"variant": variant}, TITLES)
+    params = dict(method.named_parameters())
+    if variant.startswith("ca"):
+        assert params["class_ctx.0"].shape == (4, 64) and "class_ctx.1" not in params
+    else:
+        assert params["class_ctx.0"].shape == (3, 4, 64) and params["class_ctx.1"].shape == (2, 4, 64)
+    for task in range(2):
+        method.zero_grad()
+        method.class_weights(task).sum().backward()
+        own = params["class_ctx.0" if variant.startswith("ca") else f"class_ctx.{task}"]
+        assert own.grad is not None and own.grad.abs().sum() > 0
+
+
 def test_titles_change_the_generated_context(backbone):
     a = build_method("softcpt", backbone, TASKS, {}, ["animal", "vehicle"]).generated_context(0)
     b = build_method("softcpt", backbone, TASKS, {}, ["flower", "vehicle"]).generated_context(0)

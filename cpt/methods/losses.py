@@ -13,11 +13,14 @@ def asymmetric_loss(logits: Tensor, targets: Tensor, gamma_neg: float = 4.0, gam
 
     Negatives are down-weighted by (p_m)^gamma_neg, with the probability shifted by `clip`
     (p_m = max(p - clip, 0)) so easy negatives stop counting; positives by (1 - p)^gamma_pos.
+    The focal weights are constants of the step: as in the ASL authors' training
+    (`disable_torch_grad_focal_loss=True`), no gradient flows through them, only through the logs.
     """
     p = torch.sigmoid(logits.float())
     p_neg = (p - clip).clamp(min=0) if clip > 0 else p
-    pos = targets.eq(1) * torch.log(p.clamp(min=1e-8)) * (1 - p).pow(gamma_pos)
-    neg = targets.eq(0) * torch.log((1 - p_neg).clamp(min=1e-8)) * p_neg.pow(gamma_neg)
+    w_pos, w_neg = (1 - p).pow(gamma_pos).detach(), p_neg.pow(gamma_neg).detach()
+    pos = targets.eq(1) * torch.log(p.clamp(min=1e-8)) * w_pos
+    neg = targets.eq(0) * torch.log((1 - p_neg).clamp(min=1e-8)) * w_neg
     return -(pos + neg).sum()
 
 

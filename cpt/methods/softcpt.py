@@ -66,9 +66,10 @@ class SoftCPT(PromptMethod):
         if self.class_features:
             class_cfg = PromptConfig(n_ctx=cfg.class_n_ctx, class_specific=cfg.variant[:2] == "cs")
             self.class_prompts = nn.ModuleList(ClassPrompts(model, names, class_cfg) for names in classnames)
-            self.class_ctx = nn.ParameterList(
-                nn.Parameter(init_context(p, class_cfg, gen).float()) for p in self.class_prompts
-            )
+            # ca: one class context shared by every class of every task (as the reference);
+            # cs: a context per class, so one tensor per task
+            owners = self.class_prompts if class_cfg.class_specific else self.class_prompts[:1]
+            self.class_ctx = nn.ParameterList(nn.Parameter(init_context(p, class_cfg, gen).float()) for p in owners)
         dim, width = model.text_projection.shape[1], model.transformer.width
         in_dim = 2 * dim if self.class_features else dim
         meta = torch.randn(in_dim, cfg.n_ctx * width, generator=gen) * cfg.meta_init_std
@@ -85,7 +86,8 @@ class SoftCPT(PromptMethod):
         feat = self.task_features()[task]  # (dim,)
         if not self.class_features:
             return (feat @ self.meta).view(self.cfg.n_ctx, width)
-        cls = self.class_prompts[task].encode(self.backbone.model, self.class_ctx[task], classes).float()  # (n, dim)
+        ctx = self.class_ctx[task if len(self.class_ctx) > 1 else 0]
+        cls = self.class_prompts[task].encode(self.backbone.model, ctx, classes).float()  # (n, dim)
         joint = torch.cat([cls, feat.expand(len(cls), -1)], dim=1)  # (n, 2 dim)
         return (joint @ self.meta).view(len(cls), self.cfg.n_ctx, width)
 

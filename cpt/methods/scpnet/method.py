@@ -97,8 +97,13 @@ def pseudo_labels(probs: Tensor, thresholds: Tensor, hard_k: int, observed: Tens
 def self_training_loss(strong_logits: Tensor, weak_probs: Tensor, labels: Tensor, confident: Tensor,
                        relation: Tensor, kl_lambda: float) -> Tensor:
     """BCE of the strong view towards the hard pseudo-labels plus `kl_lambda` x towards the
-    prior-calibrated soft targets weak_probs @ relation.T, over confident images, summed."""
-    log_p, log_not = F.logsigmoid(strong_logits), F.logsigmoid(-strong_logits)
+    prior-calibrated soft targets weak_probs @ relation.T, over confident images, summed.
+
+    As the reference, probabilities are clamped at 1e-8 before the log (not logsigmoid): at a
+    large logit scale a saturated sigmoid then costs at most -log(1e-8) = 18.4 per entry.
+    """
+    p = torch.sigmoid(strong_logits)
+    log_p, log_not = torch.log(p.clamp(min=1e-8)), torch.log((1 - p).clamp(min=1e-8))
     soft = weak_probs @ relation.T
     hard_term = labels * log_p + (1 - labels) * log_not
     soft_term = soft * log_p + (1 - soft) * log_not
