@@ -134,6 +134,13 @@ def test_multilabel_map_excludes_unknowns_and_classes_without_positives():
     value = metrics.set_index("metric")["value"]
     assert value["mAP"] == pytest.approx(100 * (ap[0] + ap[1]) / 2) and value["n_classes_evaluated"] == 2
     assert per_class["positives"].tolist() == [2, 1, 0] and per_class["support"].tolist() == [4, 3, 3]
+    # the papers' convention on the same scores, by hand: the unknown (2, 1) counts as a negative
+    # and ranks first in b (0.9), so b's positive comes second: AP 1/2; c has no positive: AP 0; a's
+    # tied rows 2 and 3 are ranked by reversing numpy's argsort (row 3 first): precisions 1/1, 2/3
+    order_a = np.argsort(scores[:, 0])[::-1]
+    assert order_a.tolist() == [0, 3, 2, 1]
+    assert value["mAP_paper"] == pytest.approx(100 * ((1 + 2 / 3) / 2 + 1 / 2 + 0) / 3)
+    assert value["n_unknown_entries"] == 2
 
 
 def test_multilabel_precision_recall_by_hand():

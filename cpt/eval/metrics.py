@@ -126,6 +126,18 @@ def average_precisions(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return out
 
 
+def paper_average_precisions(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per-class AP as the papers' evaluation code computes it (ASL, SCPNet): unknown entries
+    count as negatives, a class without a positive scores 0, and images are ranked by
+    reversing numpy's default argsort, so ties fall in that order rather than all at once."""
+    out = np.zeros(targets.shape[1])
+    for c in range(targets.shape[1]):
+        hits = targets[np.argsort(scores[:, c])[::-1], c] == 1
+        if hits.any():
+            out[c] = float(np.mean(np.cumsum(hits)[hits] / (np.flatnonzero(hits) + 1)))
+    return out
+
+
 def _ratio(num: np.ndarray | float, den: np.ndarray | float) -> np.ndarray:
     return np.divide(num, den, out=np.zeros_like(np.asarray(num, dtype=float)), where=np.asarray(den) > 0)
 
@@ -149,16 +161,18 @@ def precision_recall_f1(predicted: np.ndarray, targets: np.ndarray) -> dict[str,
 
 def multilabel_frames(task: str, classnames: list[str], scores: np.ndarray, targets: np.ndarray, split: str,
                       threshold: float = 0.5, k: int = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(metrics rows: mAP, CP/CR/CF1/OP/OR/OF1 at sigmoid >= threshold and at top-k, n_images,
-    n_classes_evaluated; per-class rows: ap, positives, support)."""
+    """(metrics rows: mAP, mAP_paper, CP/CR/CF1/OP/OR/OF1 at sigmoid >= threshold and at top-k,
+    n_images, n_classes_evaluated, n_unknown_entries; per-class rows: ap, positives, support)."""
     ap = average_precisions(scores, targets)
     at_threshold = (1 / (1 + np.exp(-scores)) >= threshold).astype(int)
     top = np.zeros_like(at_threshold)
     np.put_along_axis(top, np.argsort(-scores, axis=1, kind="stable")[:, :k], 1, axis=1)
-    rows = [(task, split, "mAP", 100.0 * float(np.nanmean(ap)) if np.isfinite(ap).any() else np.nan)]
+    rows = [(task, split, "mAP", 100.0 * float(np.nanmean(ap)) if np.isfinite(ap).any() else np.nan),
+            (task, split, "mAP_paper", 100.0 * float(paper_average_precisions(scores, targets).mean()))]
     rows += [(task, split, name, v) for name, v in precision_recall_f1(at_threshold, targets).items()]
     rows += [(task, split, f"{name}_top{k}", v) for name, v in precision_recall_f1(top, targets).items()]
-    rows += [(task, split, "n_images", float(len(targets))), (task, split, "n_classes_evaluated", float(np.isfinite(ap).sum()))]
+    rows += [(task, split, "n_images", float(len(targets))), (task, split, "n_classes_evaluated", float(np.isfinite(ap).sum())),
+             (task, split, "n_unknown_entries", float((targets < 0).sum()))]
     metrics = pd.DataFrame(rows, columns=["task", "split", "metric", "value"])
     per_class = pd.DataFrame(
         {"task": task, "class": classnames, "ap": 100.0 * ap,
