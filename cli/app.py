@@ -1,8 +1,7 @@
 """The Typer app and what every command shares: error handling, exit codes, output."""
 
-from __future__ import annotations
-
 import functools
+import inspect
 import json
 import os
 import signal
@@ -14,6 +13,7 @@ from typing import Annotated, Any, Callable, Iterator
 
 import pandas as pd
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cpt import __version__
@@ -71,7 +71,6 @@ def new_app() -> typer.Typer:
         no_args_is_help=True,
         add_completion=False,
         pretty_exceptions_enable=False,
-        rich_markup_mode="markdown",  # "[default: ...]" in a help text stays text (rich markup would eat it)
     )
 
     @app.callback()
@@ -80,6 +79,16 @@ def new_app() -> typer.Typer:
         """Prompt tuning of CLIP from the shell."""
 
     return app
+
+
+def plain_help(app: typer.Typer) -> None:
+    """Help texts are plain text: escape what rich would read as markup (`[default: ...]`,
+    `train/ [val/] test/`), once per declaration, in every command's options and arguments."""
+    for info in app.registered_commands:
+        for param in inspect.signature(info.callback).parameters.values():
+            for meta in getattr(param.annotation, "__metadata__", ()):
+                if isinstance(meta, typer.models.ParameterInfo) and meta.help and not getattr(meta, "plain", False):
+                    meta.help, meta.plain = escape(meta.help), True
 
 
 app = new_app()  # the commands other modules register; cpt_cli.main adds `cpt fit` to a fresh copy

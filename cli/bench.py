@@ -1,7 +1,5 @@
 """`cpt bench`: parse options, delegate to cpt.bench.prompt, print the figures."""
 
-from __future__ import annotations
-
 from typing import Annotated, Optional
 
 import typer

@@ -1,7 +1,5 @@
 """`cpt data`: list the dataset recipes, or materialise one and print where it is."""
 
-from __future__ import annotations
-
 from typing import Annotated, Optional
 
 import typer

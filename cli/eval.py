@@ -1,7 +1,5 @@
 """`cpt eval`: parse options, delegate to cpt.eval.evaluate."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 
@@ -23,7 +21,7 @@ from cpt.eval.evaluate import EvalRequest, evaluate_targets
 """)
 @command
 def eval_cmd(
-    targets: Annotated[list[str], typer.Argument(metavar="TARGET...", help="A run directory, or a backbone (name or checkpoint) for zero-shot; or several multi-label runs, each re-evaluated into its folder and compared in --out (comparison.csv, report.md, mAP against the known ratio).")],
+    targets: Annotated[list[str], typer.Argument(metavar="TARGET...", help="A run directory, or a backbone (name or checkpoint) for zero-shot; or several runs of any kind, each re-evaluated into its folder and compared in --out (comparison.csv, report.md, each kind's headline metric against its shots or known ratio).")],
     data: Annotated[str | None, typer.Option(help="Evaluate on this folder / CSV / split JSON instead of the run's test split.")] = None,
     task: Annotated[str | None, typer.Option(help="With --data on a multi-task run: the task the data belongs to.")] = None,
     out: Annotated[Path | None, typer.Option(help="Where to write the CSVs and report [default: the run, or runs/eval-...]; with several runs, the comparison (required).")] = None,
@@ -36,7 +34,7 @@ def eval_cmd(
     quiet: Annotated[bool, typer.Option(help="No progress bars or info messages.")] = False,
 ) -> None:
     """Evaluate a run (accuracy, mean per-class accuracy, macro-F1, per-class table, confusion matrix; mAP and
-    PR curves for multi-label runs), or compare several multi-label runs."""
+    PR curves for multi-label runs), or compare several runs."""
     req = EvalRequest(
         target=targets[0], data=data, task=task, out=str(out) if out else None, templates=list(template or []) or None,
         device=device, precision=precision, cache_dir=str(cache_dir) if cache_dir else None,

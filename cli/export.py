@@ -1,7 +1,5 @@
 """`cpt export`: parse options, delegate to cpt.deploy.artifact / cpt.deploy.export."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated, Optional
 

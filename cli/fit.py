@@ -1,7 +1,5 @@
 """`cpt fit`: options built from the declarations (cpt.fit.fit_options), delegate to cpt.fit."""
 
-from __future__ import annotations
-
 import inspect
 import types
 import typing

@@ -10,7 +10,7 @@ from cpt_cli import predict as _predict  # noqa: F401  (registers `cpt predict`)
 from cpt_cli import prior as _prior  # noqa: F401  (registers `cpt prior`)
 from cpt_cli import sweep as _sweep  # noqa: F401  (registers `cpt sweep`)
 from cpt_cli.app import app as commands
-from cpt_cli.app import new_app
+from cpt_cli.app import new_app, plain_help
 from cpt_cli.fit import EPILOG, fit_command
 
 
@@ -19,6 +19,7 @@ def make_app() -> typer.Typer:
     app = new_app()
     app.command("fit", epilog=EPILOG)(fit_command())
     app.registered_commands += commands.registered_commands
+    plain_help(app)
     return app
 
 

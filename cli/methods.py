@@ -1,7 +1,5 @@
 """`cpt methods`: the registered methods, or one method's options with their defaults."""
 
-from __future__ import annotations
-
 from typing import Annotated, Optional
 
 import typer

@@ -1,7 +1,5 @@
 """`cpt predict`: parse options, delegate to cpt.deploy.predict, stream CSV or JSON lines."""
 
-from __future__ import annotations
-
 import csv
 import json
 import sys

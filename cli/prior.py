@@ -1,7 +1,5 @@
 """`cpt prior`: parse options, delegate to cpt.methods.scpnet.prior, write the matrices as CSV."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated, Optional
 

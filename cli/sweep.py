@@ -1,7 +1,5 @@
 """`cpt sweep`: parse options, delegate to cpt.sweep."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated, Optional
 

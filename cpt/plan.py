@@ -60,13 +60,19 @@ class FitRequest(Options):
 
 
 def option_classes(method: type[Method], kind: TaskKind) -> list[type]:
-    """The config classes whose options apply to `method` on tasks of `kind`."""
+    """The config classes whose options `method` reads on tasks of `kind`."""
     classes = [kind.Options, method.Config]
     if method.trains:
         classes.append(TrainConfig)
     if "views" in method.uses:
         classes.append(ViewOptions)
     return classes
+
+
+def applicable(method: type[Method], kind: TaskKind) -> set[str]:
+    """The options `method` accepts on tasks of `kind`: its configs' declarations, less the ones
+    the method or the kind excludes (a shared declaration that does not fit them)."""
+    return option_names(option_classes(method, kind)) - set(method.excludes) - set(kind.excludes)
 
 
 @dataclass(frozen=True)
@@ -140,12 +146,13 @@ def _refuse_stray(req: FitRequest, method: type[Method], kind: TaskKind, allowed
     stray = [name for name in req.options if name not in allowed]
     if not stray:
         return
-    owners = {spec.name: spec for spec in fit_options()}
     where = []
     for name in stray:
-        spec = owners.get(name)
-        users = [m for m, cls in METHODS.items() if spec and name in option_names(option_classes(cls, kind))]
-        where.append(f"{flag(name)} ({'used by ' + ', '.join(users) if users else 'not for ' + kind.name + ' tasks'})")
+        users = [m for m, cls in METHODS.items() if any(name in applicable(cls, KINDS[k]) for k in cls.kinds)]
+        reason = method.excludes.get(name) or kind.excludes.get(name)
+        if not reason and (method.name in users or not users):
+            reason = f"not for {kind.name} tasks"
+        where.append(f"{flag(name)} ({reason or 'used by ' + ', '.join(users)})")
     raise CptError(f"{', '.join(where)}: not an option of --method {method.name} on {kind.name} tasks. Drop it, or "
                    f"see `cpt methods {method.name}` for what applies.")
 
@@ -158,8 +165,7 @@ def plan(req: FitRequest) -> Plan:
     if kind.name not in method.kinds:
         raise CptError(f"--method {method.name} trains on {' and '.join(method.kinds)} tasks, and {req.tasks or 'these'} "
                        f"are {kind.name}. Choose a method for {kind.name} tasks (`cpt methods` lists them).")
-    classes = option_classes(method, kind)
-    allowed = option_names(classes)
+    allowed = applicable(method, kind)
     _refuse_stray(req, method, kind, allowed)
     values = {**{k: v for k, v in presets.items() if k in allowed}, **req.options, "seed": req.seed}
     kind_options = build(kind.Options, values)
@@ -172,7 +178,6 @@ def plan(req: FitRequest) -> Plan:
     settings = {**req.settings(), **asdict(kind_options), **asdict(views), **(asdict(train_cfg) if train_cfg else {})}
     method_config = build(method.Config, {**settings, **values})
     settings.update(asdict(method_config))
-    kind.check(settings)
     method.check(method_config, kind.name, settings)
     return Plan(kind, method, specs, kind_options, views, train_cfg, method_config, settings)
 
@@ -193,6 +198,8 @@ def default_out(req: FitRequest, p: Plan) -> str:
 def method_options(method: type[Method]) -> list[tuple[str, Any, str]]:
     """(flag, default, help) of every option that applies to `method`, on any kind it supports."""
     classes: list[type] = []
+    names: set[str] = set()
     for name in method.kinds:
         classes += [c for c in option_classes(method, KINDS[name]) if c not in classes]
-    return [(flag(f.name), default_of(f), f.metadata["help"]) for cls in classes for f in declared(cls)]
+        names |= applicable(method, KINDS[name])
+    return [(flag(f.name), default_of(f), f.metadata["help"]) for cls in classes for f in declared(cls) if f.name in names]

@@ -20,19 +20,21 @@ from cpt.console import log
 from cpt.errors import CptError
 from cpt.eval.report import AXIS_PLOTS, plot_against
 from cpt.fit import fit
-from cpt.plan import FitRequest, axis_stem, option_classes, task_kind
+from cpt.plan import FitRequest, applicable, axis_stem, option_classes, task_kind
 from cpt.io import write_csv, write_text
 from cpt.kinds import TaskKind
 from cpt.methods import method_class
-from cpt.options import declared, flag, option_names
+from cpt.options import declared, flag
 
 
 def parse_method(label: str, kind: TaskKind) -> tuple[str, dict[str, bool]]:
     """`scpnet+no-prior+no-gcn` -> ("scpnet", {"no_prior": True, "no_gcn": True}): the method's
     boolean options (from its declarations) on tasks of `kind`."""
     method, *flags = label.split("+")
-    classes = option_classes(method_class(method), kind)
-    switches = {f.name for cls in classes for f in declared(cls) if typing.get_type_hints(cls)[f.name] is bool}
+    cls = method_class(method)
+    accepted = applicable(cls, kind)
+    switches = {f.name for c in option_classes(cls, kind) for f in declared(c)
+                if f.name in accepted and typing.get_type_hints(c)[f.name] is bool}
     options = {f.replace("-", "_"): True for f in flags}
     unknown = [f for f in options if f not in switches]
     if unknown:
@@ -58,7 +60,7 @@ def sweep(base: FitRequest, methods: list[str], shots: list[int], seeds: list[in
     frames = []
     for label in methods:
         method, flags = parse_method(label, kind)
-        shared = {k: v for k, v in base.options.items() if k in option_names(option_classes(method_class(method), kind))}
+        shared = {k: v for k, v in base.options.items() if k in applicable(method_class(method), kind)}
         for value in values:
             for seed in seeds:
                 run = out / f"{label}-{axis_stem(axis, value)}-seed{seed}"

@@ -53,6 +53,7 @@ class TaskKind(ABC):
     Options: ClassVar[type]  # its options (a cpt.options dataclass)
     axis: ClassVar[str]  # the option a sweep varies and comparisons plot against
     headline: ClassVar[str]  # the metric runs are compared by
+    excludes: ClassVar[dict[str, str]] = {}  # options that do not apply to this kind: name -> why
 
     @abstractmethod
     def load(self, specs: list[TaskSpec], opts: Any, seed: int) -> tuple[list[Task], list[Skipped]]:
@@ -74,9 +75,6 @@ class TaskKind(ABC):
     @abstractmethod
     def train_targets(self, task: Task, opts: Any, seed: int, run: Path) -> np.ndarray:
         """The targets training sees for the task's train split (written into the run as needed)."""
-
-    def check(self, settings: dict[str, Any]) -> None:
-        """Refuse resolved settings (every option by name) that do not apply to this kind."""
 
     def check_training(self, task: Task, targets: np.ndarray) -> None:
         """Refuse training targets that cannot train (default: accept)."""

@@ -63,10 +63,7 @@ class MultiLabel(TaskKind):
     Options = MultiLabelOptions
     axis = "known_ratio"
     headline = "mAP"
-
-    def check(self, settings: dict) -> None:
-        if settings.get("class_sample_rate"):
-            raise CptError("--class-sample-rate applies to single-label tasks only.")
+    excludes = {"class_sample_rate": "it samples classes by the batch's labels: single-label tasks only"}
 
     def load(self, specs: list[TaskSpec], opts: MultiLabelOptions, seed: int) -> tuple[list[MultiLabelTask], list[Skipped]]:
         if opts.mask and len(specs) != 1:

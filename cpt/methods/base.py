@@ -66,6 +66,7 @@ class Method(ABC):
     trains: ClassVar[bool] = False  # runs the gradient train loop
     uses: ClassVar[tuple[str, ...]] = ()  # training features it needs: "views", "plain", "val", "strong"
     image_features: ClassVar[str] = "cached"  # how it gets image features (`cpt methods` says)
+    excludes: ClassVar[dict[str, str]] = {}  # options its configs declare but it refuses: name -> why
 
     @classmethod
     def check(cls, cfg: Any, kind: str, settings: dict[str, Any]) -> None:

@@ -7,7 +7,6 @@ for CoOp-CS), `coop-shared` one context for all tasks (CoOp-MT).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +14,6 @@ from torch import Tensor, nn
 
 from cpt.core.backbone import Backbone
 from cpt.core.prompt import ClassPrompts, PromptConfig, init_context
-from cpt.errors import CptError
 from cpt.methods.base import PromptMethod
 from cpt.methods.registry import register
 
@@ -46,14 +44,9 @@ class CoOp(PromptMethod):
                "--class-specific for CoOp-CS; the asymmetric loss on multi-label tasks.")
 
     shared = False  # one context for every task (CoOp-MT) instead of one per task
+    excludes = {"single_positive": "it needs a loss for unobserved negatives: use --method scpnet (SPLC loss)"}
 
     @classmethod
-    def check(cls, cfg: CoOpConfig, kind: str, settings: dict[str, Any]) -> None:
-        if cls.shared and cfg.class_specific:
-            raise CptError("coop-shared shares one context across tasks; --class-specific does not apply.")
-        if settings.get("single_positive"):
-            raise CptError("--single-positive needs a loss for unobserved negatives: use --method scpnet (SPLC loss).")
-
     @classmethod
     def default_epochs(cls, shots: int | None, kind: str) -> int:
         return coop_epochs(shots) if kind == "single-label" and not cls.shared else 50
@@ -79,5 +72,6 @@ class CoOpShared(CoOp):
     name = "coop-shared"
     summary = "CoOp-MT: one CoOp context learned jointly on all tasks (the SoftCPT paper's hard-sharing baseline)."
     kinds = ("single-label",)
+    excludes = {"class_specific": "coop-shared shares one context across tasks"}
     shared = True
     task_mean = False

@@ -121,11 +121,10 @@ class SCPNet(PromptMethod):
     kinds = ("multi-label",)
     uses = ("views", "strong")
     image_features = "cached; encoded every step with --finetune-image"
+    excludes = {"class_specific": "scpnet learns one context shared by the classes"}
 
     @classmethod
     def check(cls, cfg: SCPNetConfig, kind: str, settings: dict[str, Any]) -> None:
-        if cfg.class_specific:
-            raise CptError("scpnet learns one context shared by the classes; --class-specific does not apply.")
         if cfg.finetune_image and settings.get("precision", "fp32") != "fp32":
             raise CptError("--finetune-image trains the image encoder in fp32; drop --precision.")
 
