@@ -86,6 +86,20 @@ def session_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.getbasetemp() / "feature-cache"
 
 
+def two_colour_rows(data: Path) -> list[str]:
+    """Eight images under data/img mixing red and blue (every combination, at least red) and
+    their wide-CSV rows `path,red,blue` (paths relative to `data`), for tiny multi-label tasks."""
+    rng = np.random.default_rng(0)
+    colours = {"red": (220, 40, 40), "blue": (40, 70, 220)}
+    rows = []
+    for i in range(8):
+        present = [name for j, name in enumerate(colours) if (i >> j) & 1] or ["red"]
+        mix = np.mean([colours[c] for c in present], axis=0).astype(int)
+        path = write_image(data / "img" / f"{i}.png", tuple(mix), rng).relative_to(data)
+        rows.append(f"{path},{int('red' in present)},{int('blue' in present)}\n")
+    return rows
+
+
 @pytest.fixture(autouse=True)
 def _feature_cache(tmp_path_factory, monkeypatch) -> Path:
     """One feature cache per test session (tests that count encodes pass their own --cache-dir)."""

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
 from cpt.eval.evaluate import run_label
 from cpt.data.multilabel import LabelSource
-from tests.conftest import cli, fit_json, session_cache, write_image
+from tests.conftest import cli, fit_json, session_cache, two_colour_rows
 
 
 @pytest.fixture(scope="module")
@@ -88,14 +87,7 @@ def test_run_label_names_the_switched_on_flags():
 
 def test_tasks_reload_from_their_recorded_label_source(tiny_clip, tmp_path):
     data = tmp_path / "data"
-    rng = np.random.default_rng(0)
-    colours = {"red": (220, 40, 40), "blue": (40, 70, 220)}
-    rows = []
-    for i in range(8):
-        present = [name for j, name in enumerate(colours) if (i >> j) & 1] or ["red"]
-        mix = np.mean([colours[c] for c in present], axis=0).astype(int)
-        path = write_image(data / "img" / f"{i}.png", tuple(mix), rng).relative_to(data)
-        rows.append(f"{path},{int('red' in present)},{int('blue' in present)}\n")
+    rows = two_colour_rows(data)
     for split in ("train", "held_out"):
         (data / f"{split}.csv").write_text("path,red,blue\n" + "".join(rows))
     (data / "test.csv").write_text("path,red,blue\n" + "".join(rows[:4]))

@@ -7,7 +7,6 @@ import re
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from cpt.errors import CptError
@@ -15,7 +14,7 @@ from cpt.methods import METHODS
 from cpt.kinds import KINDS
 from cpt.options import declared, flag, option_type
 from cpt.plan import FitRequest, applicable, fit_options, method_options, option_classes, plan
-from tests.conftest import cli, runner, write_image
+from tests.conftest import cli, runner, two_colour_rows
 
 
 def fit_help() -> str:
@@ -47,14 +46,7 @@ def help_rows(text: str) -> dict[str, list[str]]:
 def ml_folder(tmp_path_factory) -> Path:
     """A tiny multi-label task: a folder with train.csv and test.csv over two colours."""
     data = tmp_path_factory.mktemp("ml")
-    rng = np.random.default_rng(0)
-    colours = {"red": (220, 40, 40), "blue": (40, 70, 220)}
-    rows = []
-    for i in range(8):
-        present = [name for j, name in enumerate(colours) if (i >> j) & 1] or ["red"]
-        mix = np.mean([colours[c] for c in present], axis=0).astype(int)
-        path = write_image(data / "img" / f"{i}.png", tuple(mix), rng).relative_to(data)
-        rows.append(f"{path},{int('red' in present)},{int('blue' in present)}\n")
+    rows = two_colour_rows(data)
     (data / "train.csv").write_text("path,red,blue\n" + "".join(rows))
     (data / "test.csv").write_text("path,red,blue\n" + "".join(rows[:4]))
     return data
