@@ -61,7 +61,7 @@ def test_sweep_labels_take_the_methods_declared_switches():
     single, multi = KINDS["single-label"], KINDS["multi-label"]
     assert parse_method("coop+class-specific", single) == ("coop", {"class_specific": True})
     assert parse_method("scpnet+no-prior+no-gcn", multi) == ("scpnet", {"no_prior": True, "no_gcn": True})
-    assert parse_method("coop+single-positive", multi) == ("coop", {"single_positive": True})  # a kind's switch
+    assert parse_method("scpnet+single-positive", multi) == ("scpnet", {"single_positive": True})  # a kind's switch
     with pytest.raises(CptError) as info:
         parse_method("scpnet+no-brain", multi)
     message = str(info.value)
@@ -69,5 +69,8 @@ def test_sweep_labels_take_the_methods_declared_switches():
     switches = message.split("its switches are ")[1].rstrip(".").split(", ")
     assert {"no-prior", "no-gcn", "no-self-training", "finetune-image", "single-positive", "amp"} <= set(switches)
     assert switches == sorted(switches) and "lambda-u" not in switches  # numbers are not switches
+    assert "class-specific" not in switches  # declared for prompts, excluded by scpnet
     with pytest.raises(CptError, match="single-positive"):
         parse_method("coop+single-positive", single)  # multi-label tasks only
+    with pytest.raises(CptError, match="its switches are amp, class-specific, grad-checkpoint"):
+        parse_method("coop+single-positive", multi)  # a switch coop excludes: it has no loss for it
