@@ -105,7 +105,7 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
             with stop_signals_interrupt():
                 return fn(*args, **kwargs)
         except CptError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt as exc:
             how = f" by {exc.args[0]}" if isinstance(exc, Stopped) else ""

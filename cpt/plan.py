@@ -15,6 +15,7 @@ from typing import Any
 
 from cpt.core.backbone import PRECISIONS
 from cpt.data.features import ViewOptions
+from cpt.data.names import safe_name
 from cpt.data.recipes import recipe
 from cpt.data.taskfile import TaskSpec
 from cpt.data.tasks import resolve_tasks
@@ -190,7 +191,7 @@ def axis_stem(axis: str, value: Any) -> str:
 def default_out(req: FitRequest, p: Plan) -> str:
     """runs/<method>-<tasks>-<4shot | known0.3>-seed<seed>."""
     labels = req.options.get("labels")
-    names = "+".join(n.split("=")[0] for n in req.tasks.split(",")) if req.tasks else Path(labels).stem
+    names = "+".join(safe_name(n.split("=")[0]) for n in req.tasks.split(",")) if req.tasks else safe_name(Path(labels).stem)
     stem = axis_stem(p.kind.axis, getattr(p.kind_options, p.kind.axis))
     return str(Path("runs") / f"{req.method}-{names}-{stem}-seed{req.seed}")
 
