@@ -56,6 +56,11 @@ def stop_signals_interrupt() -> Iterator[None]:
             signal.signal(sig, previous)
 
 
+# options several commands share, declared once
+JsonOut = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars or info messages.")]
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"cpt {__version__}")

@@ -3,7 +3,7 @@
 from typing import Annotated, Optional
 
 import typer
-from cpt_cli.app import app, command, emit_json
+from cpt_cli.app import JsonOut, Quiet, app, command, emit_json
 from rich.table import Table
 
 from cpt.console import console
@@ -22,8 +22,8 @@ from cpt.errors import CptError
 @command
 def data_cmd(
     name: Annotated[Optional[str], typer.Argument(help="A recipe (`cpt data` lists them).")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the task folders as JSON on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option(help="No info messages.")] = False,
+    json_out: JsonOut = False,
+    quiet: Quiet = False,
 ) -> None:
     """List the recipes usable as --tasks NAME, or materialise one (once) and show its task folders."""
     known = recipes()

@@ -3,7 +3,7 @@
 from typing import Annotated, Optional
 
 import typer
-from cpt_cli.app import app, command, emit_json
+from cpt_cli.app import JsonOut, Quiet, app, command, emit_json
 from rich.table import Table
 
 from cpt.console import console
@@ -20,8 +20,8 @@ from cpt.plan import method_options
 @command
 def methods_cmd(
     name: Annotated[Optional[str], typer.Argument(help="A method: its options and defaults.")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the listing as JSON on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option(help="No output besides --json.")] = False,
+    json_out: JsonOut = False,
+    quiet: Quiet = False,
 ) -> None:
     """List the methods, or one method's options."""
     if name is None:
