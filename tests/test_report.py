@@ -110,3 +110,16 @@ def test_multilabel_report_shows_pr_curves(tmp_path):
         with Image.open(tmp_path / name) as im:
             im.verify()
             assert im.format == "PNG"
+
+
+def test_multilabel_report_names_both_map_conventions_and_what_separates_them(tmp_path):
+    names, scores, targets = multilabel_case()
+    metrics, per_class = multilabel_frames("pets/ml", names, scores, targets, "test")
+    text = write_multilabel_report(tmp_path, "ml", metrics, per_class, {"pets/ml": (scores, targets)}, {}).read_text()
+    # by hand: cpt's mAP over a, b (c has no known positive); a: AP 1; b: known rows 0,1,3,4 -> ranks 1 and 2 of
+    # positives at scores .9, .7 above .2, .1 -> AP 1. Papers': unknowns negative; b's ranking .9(+) .7(+) ... -> 1;
+    # a ranks .9(+) .8(-1 -> neg) .4(+) -> (1 + 2/3) / 2; c has no positive -> 0
+    paper = 100 * (5 / 6 + 1 + 0) / 3
+    assert "mAP 100.00 is cpt's" in text
+    assert f"mAP_paper {paper:.2f} is the papers'" in text
+    assert "unknown entries (4) as negatives and the classes without a positive (1) as AP 0" in text

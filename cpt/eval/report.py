@@ -178,12 +178,22 @@ def write_multilabel_report(out_dir: Path, title: str, metrics: pd.DataFrame, pe
         plot_pr_curves(pr_curves(rows["class"].astype(str).tolist(), *scores[task]), task, out_dir / f"pr_{stem}.png")
         excluded = rows[rows.ap.isna()]["class"].tolist()
         lines += [f"## {task}", "", f"Classes without a known positive (left out of mAP): {', '.join(excluded) or 'none'}.", "",
+                  _conventions(wide[wide.task == task].iloc[0], len(excluded)), "",
                   _markdown(rows.sort_values("ap")[["class", "ap", "positives", "support"]].head(5)),
                   f"![per-class AP](ap_{stem}.png)", "",
                   f"![precision-recall curves of the best and worst classes](pr_{stem}.png)", ""]
     path = out_dir / "report.md"
     write_text(path, "\n".join(lines))
     return path
+
+
+
+def _conventions(row: pd.Series, positive_less: int) -> str:
+    """One sentence naming the two mAP conventions of a task and what separates them."""
+    return (f"mAP {row['mAP']:.2f} is cpt's: over known entries and classes with a known positive. mAP_paper "
+            f"{row['mAP_paper']:.2f} is the papers' (ASL, SCPNet evaluation code), for comparing with published tables: "
+            f"it counts the unknown entries ({int(row['n_unknown_entries'])}) as negatives and the classes without a "
+            f"positive ({positive_less}) as AP 0, and breaks ties in row order.")
 
 
 # per sweep / comparison axis: the plot's file name, x label and y label
