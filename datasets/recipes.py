@@ -1,7 +1,8 @@
 """Dataset recipes: names usable as `--tasks NAME`, materialised on demand into the cache.
 
 `toy` is a few-shot suite of four single-label tasks over the toy world (shape, colour,
-count, size); `toy-ml` is a
+count, size) that share little; `toy-related` six that share much (shapes on four
+backgrounds, colours on two); `toy-ml` is a
 multi-label set whose 18 labels (shapes, colours, backgrounds) co-occur through scene
 themes, so a label-to-label prior carries information.
 """
@@ -38,6 +39,24 @@ TOY_TASKS: dict[str, dict[str, dict]] = {
     "colour": {c: {"colours": [c], "fade": 0.65} for c in W.COLOURS},
     "count": {f"{w}_object{'s' if i else ''}": {"count": i + 1} for i, w in enumerate(W.COUNT_WORDS)},
     "size": {"small_object": {"count": 1, "radius": (3, 5)}, "large_object": {"count": 1, "radius": (7, 10)}},
+}
+TOY_RELATED_SPLITS = {"train": 16, "val": 4, "test": 30}  # images per class
+# One kind of concept in several domains, with overlapping vocabularies: four shape tasks on
+# four backgrounds, each over four of the six shapes, and two colour tasks; objects faded as in
+# `toy` (colours more, so neither kind is easy for zero-shot). A context that learns "name the
+# faded shape, whatever the background" in one task helps the others: the structure SoftCPT's
+# soft sharing is meant to use.
+_RELATED = {  # task -> (texture, fixed attribute, classes, fade)
+    "striped_shapes": ("striped", "shapes", ["circle", "square", "triangle", "cross"], 0.6),
+    "dotted_shapes": ("dotted", "shapes", ["square", "triangle", "diamond", "star"], 0.6),
+    "checkered_shapes": ("checkered", "shapes", ["circle", "diamond", "cross", "star"], 0.6),
+    "plain_shapes": ("plain", "shapes", ["circle", "square", "triangle", "star"], 0.6),
+    "striped_colours": ("striped", "colours", ["red", "green", "blue", "yellow"], 0.8),
+    "dotted_colours": ("dotted", "colours", ["blue", "yellow", "purple", "orange"], 0.8),
+}
+TOY_RELATED_TASKS: dict[str, dict[str, dict]] = {
+    task: {c: {what: [c], "texture": texture, "fade": fade} for c in classes}
+    for task, (texture, what, classes, fade) in _RELATED.items()
 }
 THEMES = [  # (colours, shapes, textures) that tend to appear together in toy-ml scenes
     (["red", "orange", "yellow"], ["star", "triangle"], ["striped"]),
@@ -111,11 +130,11 @@ def _materialise(root: Path, name: str, build: Callable[[Path], None]) -> Path:
     return folder
 
 
-def _build_toy(tmp: Path, seed: int) -> None:
-    for t, (task, classes) in enumerate(TOY_TASKS.items()):
+def _build_suite(tmp: Path, seed: int, tasks: dict[str, dict[str, dict]], splits: dict[str, int], salt: int) -> None:
+    for t, (task, classes) in enumerate(tasks.items()):
         for c, (name, fixed) in enumerate(classes.items()):
-            rng = np.random.default_rng([seed, t, c])
-            for split, n in TOY_SPLITS.items():
+            rng = np.random.default_rng([seed, t, c, salt] if salt else [seed, t, c])
+            for split, n in splits.items():
                 out = tmp / task / split / name
                 out.mkdir(parents=True)
                 for i in range(n):
@@ -124,8 +143,15 @@ def _build_toy(tmp: Path, seed: int) -> None:
 
 def materialize_toy(root: Path, seed: int = 0) -> list[tuple[str, Path]]:
     """Write the four toy tasks as train/val/test class folders under `root/toy`."""
-    folder = _materialise(root, "toy", lambda tmp: _build_toy(tmp, seed))
+    folder = _materialise(root, "toy", lambda tmp: _build_suite(tmp, seed, TOY_TASKS, TOY_SPLITS, 0))
     return [(task, folder / task) for task in TOY_TASKS]
+
+
+def materialize_toy_related(root: Path, seed: int = 0) -> list[tuple[str, Path]]:
+    """Write the six related toy tasks as train/val/test class folders under `root/toy-related`."""
+    folder = _materialise(root, "toy-related", lambda tmp: _build_suite(tmp, seed, TOY_RELATED_TASKS,
+                                                                          TOY_RELATED_SPLITS, 1))
+    return [(task, folder / task) for task in TOY_RELATED_TASKS]
 
 
 def themed_scene(rng: np.random.Generator) -> W.Scene:
@@ -144,7 +170,8 @@ def themed_scene(rng: np.random.Generator) -> W.Scene:
     )
 
 
-def _labels(scene: W.Scene) -> list[int]:
+def labels(scene: W.Scene) -> list[int]:
+    """The scene's toy-ml labels, 0/1 in TOY_ML_LABELS order."""
     present = {o.shape for o in scene.objects} | {o.colour for o in scene.objects} | {f"{scene.texture}_background"}
     return [int(label in present) for label in TOY_ML_LABELS]
 
@@ -158,7 +185,7 @@ def _build_toy_ml(tmp: Path, seed: int, n: dict[str, int] | None) -> None:
             scene = themed_scene(rng)
             rel = f"images/{split}_{i:04d}.png"
             W.render(scene, rng).save(tmp / rel)
-            rows.append([rel, *_labels(scene)])
+            rows.append([rel, *labels(scene)])
         pd.DataFrame(rows, columns=["path", *TOY_ML_LABELS]).to_csv(tmp / f"{split}.csv", index=False)
 
 
@@ -172,7 +199,8 @@ def data_root() -> Path:
     return cache_root() / "data" / VERSION
 
 
-BUILDERS: dict[str, Callable[[Path, int], list[tuple[str, Path]]]] = {"toy": materialize_toy, "toy-ml": materialize_toy_ml}
+BUILDERS: dict[str, Callable[[Path, int], list[tuple[str, Path]]]] = {
+    "toy": materialize_toy, "toy-related": materialize_toy_related, "toy-ml": materialize_toy_ml}
 
 
 def materialize(name: str, seed: int = 0) -> list[tuple[str, Path]]:
@@ -191,6 +219,8 @@ def register_all() -> None:
     # include colours, so its strong views leave out the hue-shifting operations
     register(Recipe("toy", "toy world: shape (6), colour (8), count (4), size (2) classes", "single-label",
                     _specs("toy"), {"crop_scale": 1.0}, materialised=True))
+    register(Recipe("toy-related", "toy world, related tasks: shapes on four backgrounds, colours on two (4 classes "
+                    "each, overlapping)", "single-label", _specs("toy-related"), {"crop_scale": 1.0}, materialised=True))
     register(Recipe("toy-ml", "toy world, multi-label: 18 co-occurring labels (shapes, colours, backgrounds)",
                     "multi-label", _specs("toy-ml"), {"crop_scale": 1.0, "strong_augment": "colour-safe"},
                     materialised=True))

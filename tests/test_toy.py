@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from cpt_datasets import recipes
 from cpt_datasets import toy_world as W
 from sklearn.metrics import average_precision_score
@@ -37,6 +38,25 @@ def test_toy_recipe_layout_and_idempotence(tmp_path):
     stamp = (tasks["shape"] / "test" / "circle" / "000.png").stat().st_mtime_ns
     recipes.materialize_toy(tmp_path)
     assert (tasks["shape"] / "test" / "circle" / "000.png").stat().st_mtime_ns == stamp
+
+
+def test_toy_related_tasks_share_concepts_across_backgrounds(tmp_path):
+    tasks = dict(recipes.materialize_toy_related(tmp_path))
+    assert len(tasks) == 6
+    classes = {task: sorted(p.name for p in (path / "train").iterdir()) for task, path in tasks.items()}
+    shapes = [set(c) for t, c in classes.items() if t.endswith("_shapes")]
+    assert len(shapes) == 4 and all(len(c) == 4 and c <= set(W.SHAPES) for c in shapes)
+    assert all(a & b for a in shapes for b in shapes)  # overlapping vocabularies
+    for split, n in recipes.TOY_RELATED_SPLITS.items():
+        assert len(list((tasks["dotted_colours"] / split / "purple").glob("*.png"))) == n
+    # the same concept in another domain: the task's background texture is fixed, the object is its class
+    for task, classes_ in recipes.TOY_RELATED_TASKS.items():
+        assert {fixed["texture"] for fixed in classes_.values()} == {task.split("_")[0]}
+    # images differ from the toy suite's even where the class is the same
+    toy = dict(recipes.materialize_toy(tmp_path / "toy"))
+    a = np.asarray(Image.open(tasks["plain_shapes"] / "train" / "circle" / "000.png"))
+    b = np.asarray(Image.open(toy["shape"] / "train" / "circle" / "000.png"))
+    assert not np.array_equal(a, b)
 
 
 def test_toy_ml_labels_co_occur(tmp_path):
