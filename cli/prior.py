@@ -75,5 +75,7 @@ def prior_cmd(
         for name, other in nearest.items():
             console.print(f"{name} -> {other}  ({frames['similarity'].loc[name, other]:.3f})", highlight=False)
         if r is not None:
+            verdict = ("it follows how these labels co-occur" if r >= 0.5 else "it partly follows how these labels "
+                       "co-occur" if r >= 0.2 else "the prior says little about how these labels co-occur")
             console.print(f"similarity vs. training-label co-occurrence P(j|i), off the diagonal: r = {r:.2f} "
-                          "(near 0: the prior says little about these labels)", highlight=False)
+                          f"({verdict})", highlight=False)
