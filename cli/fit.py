@@ -27,6 +27,8 @@ EPILOG = """Examples:
 
   cpt fit --method scpnet --tasks toy-ml --backbone toy --known-ratio 0.3 --no-prior
 
+  cpt fit --method scpnet --preset scpnet-coco --labels coco/annotations/instances_train2014.json --test-labels coco/annotations/instances_val2014.json
+
   cpt fit --resume runs/pets-coop
 """
 RUN_FIELDS = {f.name for f in declared(FitRequest)}

@@ -13,17 +13,20 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import torch
+from torch import Tensor
 
 from cpt import run as R
 from cpt.console import log, log_to_file
 from cpt.core.backbone import load_backbone
 from cpt.data.features import EncodedViews, FeatureCache
 from cpt.data.tasks import Skipped, check_image
+from cpt.errors import CptError
 from cpt.eval.evaluate import details, score, split_features
+from cpt.eval.metrics import TaskPredictions
 from cpt.io import write_csv
 from cpt.kinds import Task
 from cpt.methods import Method, TaskData
@@ -54,18 +57,25 @@ class FitResult:
         }
 
 
+def _readable_now(paths: list[Path], cache: FeatureCache) -> Tensor:
+    """Indices of the images that decode now (recorded as failed otherwise): for images a trainable
+    image encoder reads every step instead of through the cache."""
+    for path in paths:
+        reason = check_image(path)
+        if reason:
+            cache.stats.failed[str(path)] = reason
+    return cache.readable(paths)
+
+
 def training_data(p: Plan, method: Method, task: Task, cache: FeatureCache, run: Path, seed: int) -> TaskData:
     """The task's training split as the method needs it: cached views (or views the trainable
-    image encoder encodes every step), plain features, validation features, and the kind's targets."""
+    image encoder encodes every step), plain features, validation features (for the method, or
+    for --select val), and the kind's targets."""
     paths = task.paths("train")
     targets = p.kind.train_targets(task, p.kind_options, seed, run)
     augmentations = method.augmentations(p.views)
     if method.tunes_image():
-        for path in paths:
-            reason = check_image(path)
-            if reason:
-                cache.stats.failed[str(path)] = reason
-        keep = cache.readable(paths)
+        keep = _readable_now(paths, cache)
         readable = [paths[i] for i in keep.tolist()]
         views = {k: EncodedViews(cache.backbone, readable, aug) for k, aug in augmentations.items()}
     else:
@@ -77,15 +87,45 @@ def training_data(p: Plan, method: Method, task: Task, cache: FeatureCache, run:
     kept = targets[keep.numpy()]
     p.kind.check_training(task, kept)
     val, val_targets = torch.empty(0, dim), torch.empty(0, dtype=torch.long)
-    if "val" in method.uses:
+    if "val" in method.uses or selects_on_val(p):
         val_paths = task.paths("val")
-        val = cache.features(val_paths, None, f"{task.name}: val")
-        val_keep = cache.readable(val_paths)
-        val, val_targets = val[val_keep], torch.from_numpy(task.targets("val")[val_keep.numpy()]).long()
+        if method.tunes_image():
+            val_keep = _readable_now(val_paths, cache)
+            val = EncodedViews(cache.backbone, [val_paths[i] for i in val_keep.tolist()], None)
+        else:
+            val = cache.features(val_paths, None, f"{task.name}: val")
+            val_keep = cache.readable(val_paths)
+            val = val[val_keep]
+        val_targets = torch.from_numpy(p.kind.val_targets(task, p.kind_options, seed)[val_keep.numpy()]).long()
     return TaskData(task.name, task.classnames, p.kind, torch.from_numpy(kept).long(),
                     views.get("views", torch.empty(len(keep), 0, dim)),
                     plain[keep] if "plain" in method.uses else torch.empty(len(keep), dim),
                     val, val_targets, views.get("strong"))
+
+
+def selects_on_val(p: Plan) -> bool:
+    """Whether the run chooses its weights on the validation split (--select val)."""
+    return p.train is not None and p.train.select == "val"
+
+
+def check_val_split(p: Plan, tasks: list[Task]) -> None:
+    """--select val needs validation images in every task: refuse before the run directory exists."""
+    missing = [t.name for t in tasks if not t.paths("val")] if selects_on_val(p) else []
+    if missing:
+        raise CptError(f"--select val chooses the weights on a validation split, and task {missing[0]!r} has none. "
+                       f"{p.kind.val_hint}")
+
+
+def val_scorer(p: Plan, method: Method, data: list[TaskData], headline: dict[str, str]) -> Callable[[], float]:
+    """Score the method's current weights on every task's validation split (the kind's selection score)."""
+    def score_now() -> float:
+        scored = []
+        for d, clf in zip(data, method.classifiers()):
+            feats = d.val.encode_all() if isinstance(d.val, EncodedViews) else d.val
+            scored.append(TaskPredictions(d.name, d.classnames, d.val_targets.numpy(), clf.logits(feats).numpy(), []))
+        return p.kind.selection_score(scored, headline)
+
+    return score_now
 
 
 def _skipped(tasks: list[Task], failed: dict[str, str], earlier: list[Skipped]) -> pd.DataFrame:
@@ -97,8 +137,22 @@ def _skipped(tasks: list[Task], failed: dict[str, str], earlier: list[Skipped]) 
     return pd.DataFrame(rows, columns=["task", "path", "reason"]).drop_duplicates(["task", "path"])
 
 
+def selected_epoch(run: Path) -> dict | None:
+    """The epoch whose weights the run kept and which (model or ema), with its validation scores,
+    from history.csv (None for a method that does not train)."""
+    path = run / "history.csv"
+    if not path.exists():
+        return None
+    history = pd.read_csv(path)
+    if "selected" not in history:
+        return None
+    row = history[history.selected.notna()].iloc[0]
+    scores = {k: float(row[k]) for k in ("val_score", "val_score_ema") if k in history and pd.notna(row[k])}
+    return {"epoch": int(row.epoch), "weights": str(row.selected), **scores}
+
+
 def _train_or_restore(p: Plan, method: Method, data: list[TaskData], run: Path, checkpoint: dict | None,
-                      backbone: Any, names: list[str]) -> None:
+                      backbone: Any, names: list[str], headline: dict[str, str]) -> None:
     """Fit the method (checkpointing every epoch), or restore a run that finished training."""
     if checkpoint and checkpoint.get("done"):
         method.load_state(checkpoint["state"])
@@ -107,7 +161,8 @@ def _train_or_restore(p: Plan, method: Method, data: list[TaskData], run: Path, 
             write_csv(run / "history.csv", pd.DataFrame(state["history"]))
             R.save_checkpoint(run, R.checkpoint_payload(method, names, backbone, state, done=False))
 
-        history = train(method, data, p.train, checkpoint["train_state"] if checkpoint else None, save)
+        validate = val_scorer(p, method, data, headline) if selects_on_val(p) else None
+        history = train(method, data, p.train, checkpoint["train_state"] if checkpoint else None, save, validate)
         write_csv(run / "history.csv", pd.DataFrame(history))
     else:
         method.fit(data)
@@ -133,6 +188,7 @@ def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitRe
     else:
         tasks, earlier = p.kind.load(p.specs, p.kind_options, req.seed)
         records = [p.kind.record(t, s, p.kind_options, req.seed) for t, s in zip(tasks, p.specs)]
+    check_val_split(p, tasks)
     backbone = load_backbone(req.backbone, req.device, req.precision, req.clip_cache)
     if config:  # resuming: the prompt learned so far belongs to the backbone the run started with
         R.check_backbone(backbone, config["backbone"]["sha256"], f"the run {run}")
@@ -148,7 +204,8 @@ def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitRe
             "kind": p.kind.name,
             "request": {**asdict(req), "out": str(run)},
             "resolved": {"kind": asdict(p.kind_options), "views": asdict(p.views),
-                         "train": asdict(p.train) if p.train else None, "method": asdict(p.method_config)},
+                         "train": asdict(p.train) if p.train else None, "method": asdict(p.method_config),
+                         "preset": p.preset},
             "backbone": backbone.describe(),
             "tasks": records,
             "status": "running",
@@ -167,8 +224,9 @@ def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitRe
             log.warning("skipped %s (%s): %s", s.path, s.task, s.reason)
         p.kind.save(run, tasks, cache.stats.failed)
         names = [t.name for t in tasks]
-        _train_or_restore(p, method, data, run, checkpoint, backbone, names)
         headline = {r["name"]: r.get("metric", "accuracy") for r in records}
+        _train_or_restore(p, method, data, run, checkpoint, backbone, names, headline)
+        config["selected"] = selected_epoch(run)
         evaluation = p.kind.evaluate(score(tasks, method.classifiers(), cache, features=tests), "test", headline)
         p.kind.write(run, f"cpt fit: {req.method} on {', '.join(names)}", evaluation, details(config))
         skipped = _skipped(tasks, cache.stats.failed, earlier)

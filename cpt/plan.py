@@ -2,8 +2,9 @@
 
 Every option is declared once (cpt.options): the run's own here, the kinds' in cpt.kinds, the
 training loop's and the cached views' beside them, each method's in its config. `fit_options`
-gathers them for the CLI; `plan` resolves a request — recipe presets, then the options given,
-over the declared defaults — and refuses what does not apply, before anything is written.
+gathers them for the CLI; `plan` resolves a request — over the declared defaults, the recipe's
+presets, then the method's `--preset`, then the options given — and refuses what does not
+apply, before anything is written.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from cpt.data.taskfile import TaskSpec
 from cpt.data.tasks import resolve_tasks
 from cpt.errors import CptError
 from cpt.kinds import KINDS, TaskKind
-from cpt.methods import METHODS, Method, method_class
+from cpt.methods import METHODS, Method, Preset, method_class
 from cpt.options import Options, build, declared, default_of, flag, option, option_names
 from cpt.train import TrainConfig
 
@@ -53,6 +54,9 @@ class FitRequest(Options):
                                     panel=PANEL)
     encode_batch_size: int = option(64, "Images per image-encoder batch when filling the feature cache.", panel=PANEL,
                                     low=1)
+    preset: str | None = option(None, "A published recipe of the method (its optimiser, schedule and settings; `cpt "
+                                "methods NAME` lists them with their values); options you give override it.",
+                                panel=PANEL)
     options: dict[str, Any] = field(default_factory=dict)  # kind, method, training and view options given
 
     def settings(self) -> dict[str, Any]:
@@ -127,6 +131,8 @@ class Plan:
     train: TrainConfig | None
     method_config: Any
     settings: dict[str, Any]  # every resolved option by name
+    preset: dict[str, Any] | None = None  # the --preset: name, values, and those the options given overrode
+
 
 
 def task_kind(req: FitRequest) -> tuple[TaskKind, list[TaskSpec], dict[str, Any]]:
@@ -158,17 +164,51 @@ def _refuse_stray(req: FitRequest, method: type[Method], kind: TaskKind, allowed
                    f"see `cpt methods {method.name}` for what applies.")
 
 
+def method_preset(method: type[Method], name: str | None) -> Preset | None:
+    """The method's preset `name` (None: no --preset), or a user error naming the presets it has."""
+    if name is None:
+        return None
+    if name in method.presets:
+        return method.presets[name]
+    owners = [m for m, cls in METHODS.items() if name in cls.presets]
+    mine = (f"--method {method.name}'s presets: {', '.join(method.presets)} (`cpt methods {method.name}` shows their "
+            "values)") if method.presets else f"--method {method.name} has no presets"
+    what = f"is a preset of --method {owners[0]}" if owners else "is unknown"
+    raise CptError(f"--preset {name} {what}; {mine}.")
+
+
+def _defaults(req: FitRequest, method: type[Method], kind: TaskKind, recipe_presets: dict[str, Any],
+              allowed: set[str]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The values under the options given: the recipe's presets, then the method's --preset; and
+    the preset's record. An option given replaces the presets' choice among its alternatives."""
+    named = method_preset(method, req.preset)
+    preset = dict(named.values) if named else {}
+    stray = sorted(set(preset) - allowed)
+    if stray:  # a preset is code: this is a bug in it, not the user's
+        raise TypeError(f"preset {req.preset} of {method.name} sets options it does not accept on {kind.name} tasks: "
+                        f"{stray}")
+    defaults = {**{k: v for k, v in recipe_presets.items() if k in allowed}, **preset}
+    for group in kind.alternatives:
+        if group & set(req.options):
+            defaults = {k: v for k, v in defaults.items() if k not in group}
+    if not named:
+        return defaults, None
+    overridden = sorted(k for k in preset if k in req.options or k not in defaults)
+    return defaults, {"name": named.name, "values": preset, "overridden": overridden}
+
+
 def plan(req: FitRequest) -> Plan:
-    """Resolve and check a request: presets of the recipe, then the options given, over each
-    declaration's default. Reads task listings only; writes nothing."""
+    """Resolve and check a request: over each declaration's default, the recipe's presets, then
+    the method's --preset, then the options given. Reads task listings only; writes nothing."""
     method = method_class(req.method)
-    kind, specs, presets = task_kind(req)
+    kind, specs, recipe_presets = task_kind(req)
     if kind.name not in method.kinds:
         raise CptError(f"--method {method.name} trains on {' and '.join(method.kinds)} tasks, and {req.tasks or 'these'} "
                        f"are {kind.name}. Choose a method for {kind.name} tasks (`cpt methods` lists them).")
     allowed = applicable(method, kind)
     _refuse_stray(req, method, kind, allowed)
-    values = {**{k: v for k, v in presets.items() if k in allowed}, **req.options, "seed": req.seed}
+    defaults, preset = _defaults(req, method, kind, recipe_presets, allowed)
+    values = {**defaults, **req.options, "seed": req.seed}
     kind_options = build(kind.Options, values)
     views = build(ViewOptions, values)
     train_cfg = None
@@ -176,11 +216,15 @@ def plan(req: FitRequest) -> Plan:
         train_cfg = build(TrainConfig, values)
         if train_cfg.epochs is None:
             train_cfg.epochs = method.default_epochs(getattr(kind_options, "shots", None), kind.name)
+        if train_cfg.schedule_length() < train_cfg.epochs:
+            raise CptError(f"--schedule-epochs {train_cfg.schedule_epochs} is shorter than the {train_cfg.epochs} "
+                           "training epochs: the learning-rate schedule has to last the whole training. Give at "
+                           f"least {train_cfg.epochs}, or leave it out.")
     settings = {**req.settings(), **asdict(kind_options), **asdict(views), **(asdict(train_cfg) if train_cfg else {})}
     method_config = build(method.Config, {**settings, **values})
     settings.update(asdict(method_config))
     method.check(method_config, kind.name, settings)
-    return Plan(kind, method, specs, kind_options, views, train_cfg, method_config, settings)
+    return Plan(kind, method, specs, kind_options, views, train_cfg, method_config, settings, preset)
 
 
 def axis_stem(axis: str, value: Any) -> str:

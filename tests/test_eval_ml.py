@@ -83,6 +83,9 @@ def test_run_label_names_the_switched_on_flags():
     assert run_label({"method": "coop", "options": {"shots": 4}}) == "coop"
     options = {"no_prior": True, "no_gcn": False, "single_positive": True, "known_ratio": 0.5}
     assert run_label({"method": "scpnet", "options": options}) == "scpnet (no_prior, single_positive)"
+    # runs of one method with and without a preset are told apart in comparisons
+    assert run_label({"method": "scpnet", "preset": "scpnet-coco", "options": {"no_gcn": True}}) == (
+        "scpnet (preset scpnet-coco, no_gcn)")
 
 
 def test_tasks_reload_from_their_recorded_label_source(tiny_clip, tmp_path):

@@ -90,7 +90,7 @@ def bench_step(geometry: str, n_classes: int, device: str = "auto", batch: int =
     data = TaskData("bench", names, KINDS["multi-label"], targets, train_views=torch.randn(n, views, dim, generator=gen),
                     train_plain=torch.empty(0, dim), val=torch.empty(0, dim), val_targets=torch.empty(0),
                     train_strong=torch.randn(n, views, dim, generator=gen))
-    optimizer = torch.optim.SGD(method.param_groups(), lr=0.002, momentum=0.9)
+    optimizer = torch.optim.SGD(method.param_groups(0.002), lr=0.002, momentum=0.9)
 
     def step() -> torch.Tensor:
         rows = torch.stack([torch.randperm(n, generator=gen)[:batch], torch.randint(0, views, (batch,), generator=gen)], 1)

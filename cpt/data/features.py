@@ -145,10 +145,11 @@ def image_views(source: Path | Image.Image, digest: str, pre: Preprocess, aug: A
 
 
 class EncodedViews:
-    """The augmented views of training images, encoded on demand by a *trainable* image encoder
-    (`--finetune-image`): indexed like a cached (n, views, dim) tensor, with gradients."""
+    """The augmented views (or, without `aug`, the eval view) of images, encoded on demand by a
+    *trainable* image encoder (`--finetune-image`): indexed like a cached (n, views, dim) tensor,
+    with gradients."""
 
-    def __init__(self, backbone: Backbone, paths: list[Path], aug: AugmentSpec) -> None:
+    def __init__(self, backbone: Backbone, paths: list[Path], aug: AugmentSpec | None) -> None:
         self.backbone = backbone
         self.paths = list(paths)
         try:
@@ -156,7 +157,16 @@ class EncodedViews:
         except Unreadable as exc:
             raise _changed(exc) from None
         self.aug = aug
-        self.shape = (len(self.paths), aug.views, backbone.geometry["embed_dim"])
+        self.shape = (len(self.paths), aug.views if aug else 1, backbone.geometry["embed_dim"])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @torch.no_grad()
+    def encode_all(self, batch_size: int = 64) -> Tensor:
+        """(n, dim): every image's first view under the encoder's current weights (validation)."""
+        order = torch.arange(len(self.paths))
+        return torch.cat([self[(part, torch.zeros_like(part))].cpu() for part in order.split(batch_size)])
 
     def __getitem__(self, index: tuple[Tensor, Tensor]) -> Tensor:
         images, views = index

@@ -34,7 +34,8 @@ class LabelSource:
     images: str | None = None  # image root of both files; default: the CSV's folder, per format otherwise
     unknown_value: int = -1  # wide CSV: the cell meaning "unknown" (-1, blank; or 0, with -1 negative)
     test_fraction: float = 0.3
-    seed: int = 0  # of the train/test split when there is no test_labels
+    seed: int = 0  # of the train/test split when there is no test_labels, and of the validation split
+    val_ratio: float = 0.0  # share of the training images held out as a validation split (0: none)
 
     @classmethod
     def folder(cls, path: str) -> LabelSource:
@@ -46,7 +47,7 @@ class LabelSource:
 class MultiLabelTask:
     name: str
     classnames: list[str]
-    splits: dict[str, LabelSet]  # "train" and "test"
+    splits: dict[str, LabelSet]  # "train" and "test", and "val" when some training images are held out
     source: str
     title: str
 
@@ -64,10 +65,11 @@ def _subset(labels: LabelSet, rows: np.ndarray) -> LabelSet:
     return LabelSet([labels.paths[i] for i in rows], labels.targets[rows])
 
 
-def split_labels(labels: LabelSet, test_fraction: float, seed: int) -> tuple[LabelSet, LabelSet]:
-    """(train, test): a seeded random `test_fraction` of the images (rounded, at least 1) to test."""
+def split_labels(labels: LabelSet, test_fraction: float, seed: int, stream: int = 11) -> tuple[LabelSet, LabelSet]:
+    """(kept, held out): a seeded random `test_fraction` of the images (rounded, at least 1) held
+    out; `stream` tells apart the draws of different splits under one seed."""
     n = len(labels.paths)
-    order = np.random.default_rng([seed, 11]).permutation(n)
+    order = np.random.default_rng([seed, stream]).permutation(n)
     n_test = max(1, round(test_fraction * n))
     return _subset(labels, np.sort(order[n_test:])), _subset(labels, np.sort(order[:n_test]))
 
@@ -110,7 +112,10 @@ def load_source(name: str, source: LabelSource) -> tuple[MultiLabelTask, list[Sk
                         "scores are not a held-out measurement", name, len(shared), len(test.paths), shared[0])
     else:
         train, test = split_labels(train, source.test_fraction, source.seed)
-    for split, labels in (("train", train), ("test", test)):
+    splits = {"train": train, "test": test}
+    if source.val_ratio > 0 and len(train.paths) > 1:  # validation images come from the training images only
+        splits["train"], splits["val"] = split_labels(train, source.val_ratio, source.seed, stream=17)
+    for split, labels in splits.items():
         if not labels.paths:
             raise CptError(
                 f"Multi-label task {name!r} has no readable {split} image (labels: {source.labels}, test labels: "
@@ -118,7 +123,7 @@ def load_source(name: str, source: LabelSource) -> tuple[MultiLabelTask, list[Sk
                 "more images or another test fraction."
             )
     classnames = [str(c).replace("_", " ") for c in classes]
-    task = MultiLabelTask(name, classnames, {"train": train, "test": test}, source.labels, name.replace("_", " "))
+    task = MultiLabelTask(name, classnames, splits, source.labels, name.replace("_", " "))
     return task, skipped
 
 

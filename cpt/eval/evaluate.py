@@ -54,8 +54,10 @@ def score(tasks: list[Task], classifiers: list[Classifier], cache: FeatureCache,
 
 
 def run_label(request: dict) -> str:
-    """The method with the boolean options the run switched on: `scpnet (no_prior, single_positive)`."""
-    flags = [name for name, value in request.get("options", {}).items() if value is True]
+    """The method with its preset and the boolean options the run switched on: `scpnet (no_prior,
+    single_positive)`, `scpnet (preset scpnet-coco)`."""
+    flags = [f"preset {request['preset']}"] if request.get("preset") else []
+    flags += [name for name, value in request.get("options", {}).items() if value is True]
     return f"{request['method']} ({', '.join(flags)})" if flags else request["method"]
 
 

@@ -54,6 +54,9 @@ class TaskKind(ABC):
     axis: ClassVar[str]  # the option a sweep varies and comparisons plot against
     headline: ClassVar[str]  # the metric runs are compared by
     excludes: ClassVar[dict[str, str]] = {}  # options that do not apply to this kind: name -> why
+    # options that make one choice together: one given replaces the presets' values of the others
+    alternatives: ClassVar[tuple[frozenset[str], ...]] = ()
+    val_hint: ClassVar[str]  # how a task of this kind gets a validation split (for --select val)
 
     @abstractmethod
     def load(self, specs: list[TaskSpec], opts: Any, seed: int) -> tuple[list[Task], list[Skipped]]:
@@ -76,6 +79,10 @@ class TaskKind(ABC):
     def train_targets(self, task: Task, opts: Any, seed: int, run: Path) -> np.ndarray:
         """The targets training sees for the task's train split (written into the run as needed)."""
 
+    def val_targets(self, task: Task, opts: Any, seed: int) -> np.ndarray:
+        """The targets of the task's validation split as the run may see them (default: its labels)."""
+        return task.targets("val")
+
     def check_training(self, task: Task, targets: np.ndarray) -> None:
         """Refuse training targets that cannot train (default: accept)."""
 
@@ -86,6 +93,10 @@ class TaskKind(ABC):
     @abstractmethod
     def evaluate(self, scored: list[TaskPredictions], split: str, headline: dict[str, str] | None = None) -> Evaluation:
         """Metrics of scored tasks."""
+
+    @abstractmethod
+    def selection_score(self, scored: list[TaskPredictions], headline: dict[str, str]) -> float:
+        """What `--select val` maximises: the mean over tasks of the headline on the validation split."""
 
     @abstractmethod
     def write(self, out: Path, title: str, evaluation: Evaluation, details: dict[str, str]) -> None:

@@ -10,7 +10,7 @@ name as a file name (cpt.data.names.safe_name).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from cpt.data.partial import mask_frame, partial_targets, read_mask
 from cpt.data.taskfile import TaskSpec
 from cpt.data.tasks import Skipped
 from cpt.errors import CptError
-from cpt.eval.metrics import TaskPredictions, multilabel_frames
+from cpt.eval.metrics import TaskPredictions, average_precisions, multilabel_frames
 from cpt.eval.report import write_multilabel_report
 from cpt.io import write_csv
 from cpt.kinds.base import Evaluation, TaskKind
@@ -51,6 +51,9 @@ class MultiLabelOptions(Options):
                               panel=PANEL)
     single_positive: bool = option(False, "Keep one positive label per training image, every other entry unknown.",
                                    panel=PANEL)
+    val_ratio: float = option(0.0, "Hold out this share of the training images (under --seed) as a validation split "
+                              "for --select val, with the partial labels training would have seen (0 = none).",
+                              panel=PANEL, low=0, high=0.5)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -64,6 +67,9 @@ class MultiLabel(TaskKind):
     axis = "known_ratio"
     headline = "mAP"
     excludes = {"class_sample_rate": "it samples classes by the batch's labels: single-label tasks only"}
+    alternatives = (frozenset({"mask", "known_ratio", "single_positive"}),)  # the partial-label protocol
+    val_hint = ("Hold out some training images for it with --val-ratio (e.g. 0.1); the test split is never used to "
+                "choose.")
 
     def load(self, specs: list[TaskSpec], opts: MultiLabelOptions, seed: int) -> tuple[list[MultiLabelTask], list[Skipped]]:
         if opts.mask and len(specs) != 1:
@@ -73,7 +79,7 @@ class MultiLabel(TaskKind):
         for spec in specs:
             task, skip = load_source(spec.name, self._source(spec, opts, seed))
             if opts.mask:  # read now, so a mask that does not fit is refused before the run folder exists
-                read_mask(Path(opts.mask), [str(p) for p in task.splits["train"].paths], task.classnames)
+                read_mask(Path(opts.mask), self._labelled(task)[0], task.classnames)
             tasks.append(task)
             skipped += skip
         return tasks, skipped
@@ -81,8 +87,9 @@ class MultiLabel(TaskKind):
     @staticmethod
     def _source(spec: TaskSpec, opts: MultiLabelOptions, seed: int) -> LabelSource:
         if opts.labels:
-            return LabelSource(opts.labels, opts.test_labels, opts.images, opts.unknown_value, seed=seed)
-        return LabelSource.folder(spec.path)
+            return LabelSource(opts.labels, opts.test_labels, opts.images, opts.unknown_value, seed=seed,
+                               val_ratio=opts.val_ratio)
+        return replace(LabelSource.folder(spec.path), seed=seed, val_ratio=opts.val_ratio)
 
     def record(self, task: MultiLabelTask, spec: TaskSpec | None, opts: MultiLabelOptions, seed: int) -> dict:
         return {"name": task.name, "title": task.title, "source": task.source, "classnames": task.classnames,
@@ -94,15 +101,33 @@ class MultiLabel(TaskKind):
     def restore(self, run: Path, recorded: list[dict]) -> list[MultiLabelTask]:
         return [load_source(r["name"], LabelSource(**r["label_source"]))[0] for r in recorded]
 
-    def train_targets(self, task: MultiLabelTask, opts: MultiLabelOptions, seed: int, run: Path) -> np.ndarray:
-        labelled = task.splits["train"]
-        paths = [str(p) for p in labelled.paths]
+    @staticmethod
+    def _labelled(task: MultiLabelTask) -> tuple[list[str], np.ndarray]:
+        """Paths and labels of the labelled training images: the training split, then the validation one."""
+        parts = [task.splits[s] for s in ("train", "val") if s in task.splits]
+        return [str(p) for part in parts for p in part.paths], np.concatenate([part.targets for part in parts])
+
+    def _partial(self, task: MultiLabelTask, opts: MultiLabelOptions, seed: int) -> tuple[list[str], np.ndarray]:
+        """The labelled training images and what the partial-label protocol lets the run see of them."""
+        paths, labels = self._labelled(task)
         known = read_mask(Path(opts.mask), paths, task.classnames) if opts.mask else None
-        targets = partial_targets(labelled.targets, opts.known_ratio, seed, opts.single_positive, known)
+        return paths, partial_targets(labels, opts.known_ratio, seed, opts.single_positive, known).astype(np.int64)
+
+    def train_targets(self, task: MultiLabelTask, opts: MultiLabelOptions, seed: int, run: Path) -> np.ndarray:
+        """The training split's partial labels; the run keeps the mask of every labelled training image
+        (validation ones included) and the labels of each split it trained or selected on."""
+        paths, targets = self._partial(task, opts, seed)
+        n = len(task.splits["train"].paths)
         stem = safe_name(task.name)
         write_csv(run / f"mask_{stem}.csv", mask_frame(paths, task.classnames, targets != UNKNOWN))
-        write_csv(run / f"train_labels_{stem}.csv", mask_frame(paths, task.classnames, targets))
-        return targets.astype(np.int64)
+        write_csv(run / f"train_labels_{stem}.csv", mask_frame(paths[:n], task.classnames, targets[:n]))
+        if len(paths) > n:
+            write_csv(run / f"val_labels_{stem}.csv", mask_frame(paths[n:], task.classnames, targets[n:]))
+        return targets[:n]
+
+    def val_targets(self, task: MultiLabelTask, opts: MultiLabelOptions, seed: int) -> np.ndarray:
+        """The held-out images' partial labels: the user has no others, so selection sees no others."""
+        return self._partial(task, opts, seed)[1][len(task.splits["train"].paths):]
 
     def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
         return asymmetric_loss(logits, targets)
@@ -111,6 +136,16 @@ class MultiLabel(TaskKind):
         frames = [multilabel_frames(p.task, p.classnames, p.logits, p.y_true, split) for p in scored]
         return Evaluation(pd.concat([m for m, _ in frames], ignore_index=True),
                           pd.concat([pc for _, pc in frames], ignore_index=True), scored)
+
+    def selection_score(self, scored: list[TaskPredictions], headline: dict[str, str]) -> float:
+        """mAP over the known validation entries. Single positive labels know no negative (every AP
+        would be 1): there unknown entries count as negatives, as SPLC trains on them."""
+        maps = []
+        for p in scored:
+            targets = p.y_true if (p.y_true == 0).any() else (p.y_true == 1).astype(np.int64)
+            ap = average_precisions(p.logits, targets)
+            maps.append(float(np.nanmean(ap)) if np.isfinite(ap).any() else 0.0)
+        return 100.0 * float(np.mean(maps))
 
     def write(self, out: Path, title: str, evaluation: Evaluation, details: dict[str, str]) -> None:
         write_csv(out / "metrics.csv", evaluation.metrics)

@@ -16,7 +16,7 @@ from cpt.data import tasks as D
 from cpt.data.names import check_task_names
 from cpt.data.taskfile import TaskSpec
 from cpt.errors import CptError
-from cpt.eval.metrics import TaskPredictions, metrics_frame, per_class_frame, predictions_frame
+from cpt.eval.metrics import TaskPredictions, metrics_frame, per_class_frame, predictions_frame, single_label_metrics
 from cpt.eval.report import write_single_label_report
 from cpt.io import write_csv
 from cpt.kinds.base import Evaluation, TaskKind
@@ -36,6 +36,8 @@ class SingleLabel(TaskKind):
     Options = SingleLabelOptions
     axis = "shots"
     headline = "headline"
+    val_hint = ("Give it validation images (a val/ folder, a CSV split column or a split JSON with val; class folders "
+                "alone are split 50/20/30), or use --select last.")
 
     def load(self, specs: list[TaskSpec], opts: SingleLabelOptions, seed: int) -> tuple[list[D.Task], list[D.Skipped]]:
         check_task_names([s.name for s in specs], "The run's task list")
@@ -78,6 +80,9 @@ class SingleLabel(TaskKind):
     def evaluate(self, scored: list[TaskPredictions], split: str, headline: dict[str, str] | None = None) -> Evaluation:
         per_class = pd.concat([per_class_frame(p) for p in scored], ignore_index=True)
         return Evaluation(metrics_frame(scored, split, headline), per_class, scored)
+
+    def selection_score(self, scored: list[TaskPredictions], headline: dict[str, str]) -> float:
+        return float(np.mean([single_label_metrics(p)[headline.get(p.task, "accuracy")] for p in scored]))
 
     def write(self, out: Path, title: str, evaluation: Evaluation, details: dict[str, str]) -> None:
         write_csv(out / "metrics.csv", evaluation.metrics)

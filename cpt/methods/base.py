@@ -8,7 +8,7 @@ Evaluation, export and prediction only ever see these `Classifier`s.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -37,6 +37,25 @@ class Classifier:
         return out if self.bias is None else out + self.bias.float()
 
 
+@dataclass(frozen=True)
+class Preset:
+    """A published training recipe of a method (`cpt fit --preset NAME`): option values by name.
+
+    `summary` says what it reproduces and where cpt cannot follow the authors; `source` names
+    the files of the authors' code the numbers come from.
+    """
+
+    name: str
+    summary: str
+    source: str
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+def preset_table(*recipes: Preset) -> dict[str, Preset]:
+    """A method's `presets` table, by name."""
+    return {p.name: p for p in recipes}
+
+
 @dataclass
 class TaskData:
     """One task's training data: cached features and the targets of its kind."""
@@ -47,8 +66,8 @@ class TaskData:
     targets: Tensor  # the kind's targets: (n,) class labels (single-label), (n, n_cls) in {1, 0, -1} (multi-label)
     train_views: Tensor  # (n, views, dim): augmented views for gradient training (or EncodedViews)
     train_plain: Tensor  # (n, dim): centre-crop view (linear probe)
-    val: Tensor  # (m, dim)
-    val_targets: Tensor  # (m,)
+    val: Tensor  # (m, dim) validation features (or EncodedViews when the image encoder trains)
+    val_targets: Tensor  # the kind's targets of the validation images: (m,) or (m, n_cls)
     train_strong: Tensor | None = None  # (n, views, dim): strongly augmented views (self-training)
 
 
@@ -67,6 +86,7 @@ class Method(ABC):
     uses: ClassVar[tuple[str, ...]] = ()  # training features it needs: "views", "plain", "val", "strong"
     image_features: ClassVar[str] = "cached"  # how it gets image features (`cpt methods` says)
     excludes: ClassVar[dict[str, str]] = {}  # options its configs declare but it refuses: name -> why
+    presets: ClassVar[dict[str, Preset]] = {}  # published recipes, by name (`--preset`)
 
     @classmethod
     def check(cls, cfg: Any, kind: str, settings: dict[str, Any]) -> None:
@@ -133,9 +153,9 @@ class PromptMethod(Method, torch.nn.Module):
         weight = self.class_weights(task, classes).float()
         return self.logit_scale() * F.normalize(features.float(), dim=-1) @ weight.T
 
-    def param_groups(self) -> list[dict]:
-        """Optimiser groups of the trainable tensors; a group's `lr_scale` scales the schedule's rate."""
-        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr_scale": 1.0}]
+    def param_groups(self, lr: float) -> list[dict]:
+        """Optimiser groups of the trainable tensors, each with its peak rate `lr` (`lr`: --lr)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
 
     def batch_loss(self, data: TaskData, task: int, rows: Tensor, classes: Tensor | None, epoch: int,
                    gen: torch.Generator) -> Tensor:

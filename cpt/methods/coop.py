@@ -14,8 +14,15 @@ from torch import Tensor, nn
 
 from cpt.core.backbone import Backbone
 from cpt.core.prompt import ClassPrompts, PromptConfig, init_context
-from cpt.methods.base import PromptMethod
+from cpt.methods.base import Preset, PromptMethod, preset_table
 from cpt.methods.registry import register
+
+# CoOp's optimisation as CoOp's and SoftCPT's configs share it (Dassl's defaults: momentum 0.9, weight decay 5e-4,
+# the last epoch's model); a method's own preset adds its prompt settings.
+PAPER_TRAINING = {"optimizer": "sgd", "lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 32,
+                  "schedule": "cosine", "warmup_epochs": 1, "ema_decay": 0.0, "select": "last"}
+FP16 = ("The authors run CLIP in fp16 (TRAINER.{}.PREC); --precision is a run setting the preset leaves alone: add "
+        "--precision fp16 to match.")
 
 
 @dataclass
@@ -45,6 +52,15 @@ class CoOp(PromptMethod):
 
     shared = False  # one context for every task (CoOp-MT) instead of one per task
     excludes = {"single_positive": "it needs a loss for unobserved negatives: use --method scpnet (SPLC loss)"}
+    presets = preset_table(Preset(
+        "coop-paper",
+        "CoOp's few-shot recipe (IJCV 2022): SGD lr 0.002, batch 32, one warm-up epoch at 1e-5 then cosine, 16 random "
+        "context tokens, class name at the end; epochs by shots 50 / 100 / 200 for 1 / 2-4 / 8+ (cpt's coop default, "
+        "left to it). " + FP16.format("COOP"),
+        "KaiyangZhou/CoOp: configs/trainers/CoOp/rn50_ep50.yaml, rn50_ep100.yaml, rn50.yaml, scripts/coop/main.sh, "
+        "COOP.md, train.py; Dassl's dassl/config/defaults.py",
+        {**PAPER_TRAINING, "n_ctx": 16, "ctx_init": "", "class_token_position": "end"},
+    ))
 
     @classmethod
     @classmethod
@@ -73,5 +89,6 @@ class CoOpShared(CoOp):
     summary = "CoOp-MT: one CoOp context learned jointly on all tasks (the SoftCPT paper's hard-sharing baseline)."
     kinds = ("single-label",)
     excludes = {"class_specific": "coop-shared shares one context across tasks"}
+    presets = {}
     shared = True
     task_mean = False

@@ -19,7 +19,8 @@ from torch import Tensor, nn
 
 from cpt.core.backbone import Backbone
 from cpt.core.prompt import ClassPrompts, PromptConfig, init_context, n_ctx_option
-from cpt.methods.base import PromptMethod
+from cpt.methods.base import Preset, PromptMethod, preset_table
+from cpt.methods.coop import FP16, PAPER_TRAINING
 from cpt.methods.registry import register
 from cpt.options import Options, option
 
@@ -51,6 +52,17 @@ class SoftCPT(PromptMethod):
     Config = SoftCPTConfig
     summary = ("SoftCPT: a task-shared meta network turns each task name into its prompt context "
                "(Ding et al., 2022, arXiv:2208.13474).")
+    presets = preset_table(Preset(
+        "softcpt-paper",
+        "SoftCPT's published recipe: SGD lr 0.002, batch 32, 50 epochs, one warm-up epoch at 1e-5 then cosine, the "
+        "last epoch's model; a linear meta network generating 16 context tokens from a 4-token task prompt (and a "
+        "4-token class prompt in the class-feature variants). The class-feature variants on General-10 also sample "
+        "10% of the other classes per step: add --class-sample-rate 0.1 (scripts/main_mtcoop_cls_sample.sh). "
+        + FP16.format("MTCOOP"),
+        "kding1225/softcpt: configs/trainers/MTCoOp/rn50_ep50.yaml, README.md (commands), scripts/main_mtcoop.sh, "
+        "train.py; dist/Dassl.pytorch/dassl/config/defaults.py",
+        {**PAPER_TRAINING, "epochs": 50, "n_ctx": 16, "task_n_ctx": 4, "class_n_ctx": 4, "variant": "nata"},
+    ))
 
     def __init__(self, backbone: Backbone, classnames: list[list[str]], cfg: SoftCPTConfig,
                  titles: list[str] | None = None) -> None:

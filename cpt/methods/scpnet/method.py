@@ -36,6 +36,7 @@ from cpt.methods.base import PromptMethod, TaskData
 from cpt.methods.losses import asymmetric_loss, splc_loss
 from cpt.methods.registry import register
 from cpt.methods.scpnet.graph import LabelGraph
+from cpt.methods.scpnet.presets import SCPNET_PRESETS
 from cpt.methods.scpnet.prior import PriorConfig, label_prior
 from cpt.options import option
 
@@ -70,6 +71,8 @@ class SCPNetConfig(PromptConfig):
                                   "training).", panel=PANEL)
     image_lr_scale: float = option(0.1, "With --finetune-image: the image encoder's learning rate as a share of --lr.",
                                    panel=PANEL, low=0, above=True)
+    graph_lr: float | None = option(None, "Peak learning rate of the graph module [default: --lr] (the reference's "
+                                    "gcn_lr).", panel=PANEL, low=0, above=True)
     single_positive: bool = False  # set from the multi-label option: SPLC instead of ASL
     seed: int = 0
 
@@ -122,6 +125,7 @@ class SCPNet(PromptMethod):
     uses = ("views", "strong")
     image_features = "cached; encoded every step with --finetune-image"
     excludes = {"class_specific": "scpnet learns one context shared by the classes"}
+    presets = SCPNET_PRESETS
 
     @classmethod
     def check(cls, cfg: SCPNetConfig, kind: str, settings: dict[str, Any]) -> None:
@@ -161,13 +165,17 @@ class SCPNet(PromptMethod):
         if cfg.finetune_image:
             self.visual = backbone.model.visual.float().requires_grad_(True)  # registered: saved in the state
 
-    def param_groups(self) -> list[dict]:
-        if not self.cfg.finetune_image:
-            return super().param_groups()
-        image = {id(p) for p in self.visual.parameters()}
-        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in image]
-        return [{"params": rest, "lr_scale": 1.0},
-                {"params": list(self.visual.parameters()), "lr_scale": self.cfg.image_lr_scale}]
+    def param_groups(self, lr: float) -> list[dict]:
+        """The prompt at `lr`; the graph module at --graph-lr when given; a trained image encoder at its share."""
+        graph = list(self.graphs.parameters()) if self.cfg.graph_lr is not None else []
+        image = list(self.visual.parameters()) if self.cfg.finetune_image else []
+        apart = {id(p) for p in graph + image}
+        groups = [{"params": [p for p in self.parameters() if p.requires_grad and id(p) not in apart], "lr": lr}]
+        if graph:
+            groups.append({"params": graph, "lr": self.cfg.graph_lr})
+        if image:
+            groups.append({"params": image, "lr": lr * self.cfg.image_lr_scale})
+        return groups
 
     def logit_scale(self) -> float:
         return self.cfg.logit_scale
