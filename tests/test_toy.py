@@ -159,3 +159,16 @@ def test_scpnet_on_partial_labels_beats_zero_shot_map(toy_ml_zeroshot, tmp_path)
     assert map_(ablation) >= map_(zs) + 10, (map_(zs), map_(ablation))
     config = json.loads((tmp_path / "scp" / "config.json").read_text())
     assert config["resolved"]["method"]["prior_template"] == "a photo of a {}." and config["resolved"]["method"]["strong_augment"] == "colour-safe"
+
+
+def test_themed_toy_clip_text_space_mirrors_toy_ml_co_occurrence():
+    """The premise of SCPNet's prior holds for `toy-themed` and not for `toy` (r between class-name
+    similarity and training-label co-occurrence, as `cpt prior` reports it; checked against numpy in
+    test_prior.py)."""
+    r = {}
+    for backbone in ("toy", "toy-themed"):
+        code, out, err = cli("prior", "--backbone", backbone, "--tasks", "toy-ml", "--json", "--quiet")
+        assert code == 0, err
+        r[backbone] = json.loads(out)["cooccurrence_r"]
+    assert r["toy-themed"] >= 0.5 > 0.2 > r["toy"]
+    assert load_backbone("toy-themed", "cpu").geometry == load_backbone("toy", "cpu").geometry

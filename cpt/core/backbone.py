@@ -128,7 +128,8 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 
 ASSETS = Path(__file__).parent.parent / "assets"
-BUILTIN = {"toy": ASSETS / "toy-clip.pt.gz"}  # checkpoints shipped with cpt (gzipped state dicts)
+# checkpoints shipped with cpt (gzipped state dicts; scripts/pretrain_toy_clip.py --world plain | themed)
+BUILTIN = {"toy": ASSETS / "toy-clip.pt.gz", "toy-themed": ASSETS / "toy-themed-clip.pt.gz"}
 
 
 def _unpack_builtin(name: str) -> Path:
