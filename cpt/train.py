@@ -237,7 +237,10 @@ def train(
     start, best = 0, None
     if state:
         method.load_state(state["method"])
+        peaks = [g["peak_lr"] for g in optimizer.param_groups]
         optimizer.load_state_dict(state["optimizer"])
+        for group, peak in zip(optimizer.param_groups, peaks):  # checkpoints written before --optimizer existed lack it
+            group.setdefault("peak_lr", peak)
         if scheduler:
             scheduler.load_state_dict(state["scheduler"])
         if ema:

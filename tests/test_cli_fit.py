@@ -138,6 +138,12 @@ def test_interrupted_run_resumes_exactly(tiny_clip, colours, tmp_path, monkeypat
     assert code == 2 and "--resume" in err
     assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["train_state"]["epoch"] == 2
     assert not (tmp_path / "cut" / "metrics.csv").exists()
+    # a checkpoint written before the optimiser groups carried their peak rate resumes as well
+    path = tmp_path / "cut" / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=False)
+    for group in ckpt["train_state"]["optimizer"]["param_groups"]:
+        group.pop("peak_lr")
+    torch.save(ckpt, path)
 
     resumed = fit_json("--resume", tmp_path / "cut")
     a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)["state"]["ctx.0"]
