@@ -4,16 +4,34 @@ into one tidy CSV, a table and a plot.
 A method may carry any of its boolean options, e.g. `scpnet+no-prior` or `coop+class-specific`.
 Every combination runs into OUT/<method>-<shots>shot-seed<seed>/ (or OUT/<method>-known<ratio>-seed<seed>/);
 finished runs are reused, so an interrupted sweep continues where it stopped.
+
+A sweep can be split across processes, machines or a scheduler's array: the run list (methods,
+then axis values, then seeds, in the order given) is fixed by the sweep's options, and shard I of
+N takes its runs I, I+N, I+2N, ... (counted from 1); under torchrun each rank runs a shard. The
+sweep's options go to OUT/sweep.json before any run starts, and a shard given other options than
+those recorded is refused; each shard keeps OUT/shards/I-of-N.json up to date (its runs and
+their status). The shard that finishes last (every run of the sweep finished) gathers
+results.csv, table.md and the plot; `gather(OUT)` does the same from the folder alone. Every
+file is written atomically, and gathering the same runs twice writes the same files, so shards
+finishing at once are harmless.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import socket
 import typing
-from dataclasses import asdict, replace
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import datetime, timezone
+from hashlib import sha256
 from pathlib import Path
+from typing import Any, Iterator
 
 import pandas as pd
+import torch
 
 from cpt import run as R
 from cpt.console import log
@@ -21,10 +39,13 @@ from cpt.errors import CptError
 from cpt.eval.report import AXIS_PLOTS, plot_against
 from cpt.fit import fit
 from cpt.plan import FitRequest, applicable, axis_stem, option_classes, task_kind
-from cpt.io import write_csv, write_text
-from cpt.kinds import TaskKind
+from cpt.io import write_csv, write_json, write_text
+from cpt.kinds import KINDS, TaskKind
 from cpt.methods import method_class
 from cpt.options import declared, flag
+
+SPEC = "sweep.json"  # the sweep's options, its kind and its run list
+SHARDS = "shards"  # OUT/shards/I-of-N.json: each shard's runs and how far it got
 
 
 def parse_method(label: str, kind: TaskKind) -> tuple[str, dict[str, bool]]:
@@ -43,13 +64,123 @@ def parse_method(label: str, kind: TaskKind) -> tuple[str, dict[str, bool]]:
     return method, options
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Shard `index` of `count`, counted from 1 as `#SBATCH --array=1-N` numbers its tasks: the runs
+    at positions index - 1, index - 1 + count, ... (from 0) of the sweep's run list. Every run
+    belongs to exactly one shard, and shards' run counts differ by at most one."""
+
+    index: int
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    @property
+    def file(self) -> str:
+        """Its manifest's name under OUT/shards/."""
+        return f"{self.index}-of-{self.count}.json"
+
+    def owns(self, position: int) -> bool:
+        return position % self.count == self.index - 1
+
+
+def parse_shard(text: str) -> Shard:
+    """`--shard 2/4` -> Shard(2, 4); anything else is the user's error, said in their terms."""
+    found = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not found:
+        raise CptError(f"--shard takes I/N, shard I of N counted from 1, e.g. --shard 1/4 or --shard "
+                       f"$SLURM_ARRAY_TASK_ID/4 with #SBATCH --array=1-4 (got {text!r}).")
+    index, count = int(found[1]), int(found[2])
+    if count < 1:
+        raise CptError(f"--shard {text}: N, the number of shards, must be at least 1.")
+    if not 1 <= index <= count:
+        zero = (f" For an index counted from 0 (an array from 0, a rank) give $((INDEX+1))/{count}."
+                if index == 0 else "")
+        raise CptError(f"--shard {text}: there is no shard {index} of {count}; shards count from 1 to {count} "
+                       f"(1/{count} to {count}/{count}).{zero}")
+    return Shard(index, count)
+
+
+def _rank_world() -> tuple[int, int]:
+    """This process's rank and the number of processes under torchrun ($RANK, $WORLD_SIZE); (0, 1)
+    when they are not set."""
+    rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    if not (rank.isdigit() and world.isdigit() and int(rank) < int(world)):
+        raise CptError(f"$RANK={rank!r} and $WORLD_SIZE={world!r} are not a rank and a world size (whole numbers, "
+                       "0 <= RANK < WORLD_SIZE), as torchrun sets them; unset them to run the whole sweep here.")
+    return int(rank), int(world)
+
+
+def _rank_shard(shard: Shard | None) -> Shard | None:
+    """The shard this process runs: `shard` (None: the whole sweep); under torchrun each rank a
+    share of it, rank R of W taking shard R + 1 of W (with --shard I/N: (I - 1)W + R + 1 of NW)."""
+    rank, world = _rank_world()
+    if world == 1:
+        return shard
+    if shard is None:
+        return Shard(rank + 1, world)
+    return Shard((shard.index - 1) * world + rank + 1, shard.count * world)
+
+
+def _rank_device(device: str) -> str:
+    """`auto` under torchrun on a machine with several GPUs: the rank's own ($LOCAL_RANK's), so that
+    the ranks of one machine do not all train on the first."""
+    local = os.environ.get("LOCAL_RANK", "")
+    if device != "auto" or not local.isdigit() or torch.cuda.device_count() < 2:
+        return device
+    return f"cuda:{int(local) % torch.cuda.device_count()}"
+
+
+TORCHRUN = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
+@contextmanager
+def _alone() -> Iterator[None]:
+    """Each run of a shard is a fit of its own: hide torchrun's variables from it, so that it
+    neither waits for the other ranks nor leaves the writing to rank 0 (they run other runs)."""
+    saved = {name: os.environ.pop(name) for name in TORCHRUN if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One combination of the sweep: its label (method and switches), axis value, seed and request."""
+
+    label: str
+    value: Any
+    seed: int
+    request: FitRequest
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.request.out)
+
+
+@dataclass
+class SweepOutcome:
+    """What a `sweep` call did: `results` are the whole sweep's when it gathered, else this shard's runs'."""
+
+    results: pd.DataFrame
+    gathered: bool
+    shard: Shard | None = None
+    ran: list[str] = field(default_factory=list)  # this call's runs (directory names)
+    waiting: list[str] = field(default_factory=list)  # runs of other shards not finished yet
+
+
 def sweep(base: FitRequest, methods: list[str], shots: list[int], seeds: list[int], out: Path,
-          known_ratios: list[float] | None = None) -> pd.DataFrame:
-    """Run (or reuse) every combination; returns the tidy results (one row per run, task, metric).
+          known_ratios: list[float] | None = None, shard: Shard | None = None) -> SweepOutcome:
+    """Run (or reuse) every combination, or shard `shard`'s share of them (under torchrun, each
+    rank a share), then gather the tidy results (one row per run, task, metric) once every run of
+    the sweep has finished.
 
     The second axis is the tasks' kind's: shots (single-label) or known ratios (multi-label).
     `base.options` apply to each method they are an option of.
     """
+    out = Path(out)
     kind = task_kind(base)[0]
     axis = kind.axis
     values = known_ratios if axis == "known_ratio" else shots
@@ -57,23 +188,150 @@ def sweep(base: FitRequest, methods: list[str], shots: list[int], seeds: list[in
         raise CptError("--methods, --seeds and --shots (or --known-ratios) each need at least one value.")
     if known_ratios and axis != "known_ratio":
         raise CptError("--known-ratios applies to multi-label tasks; these tasks are single-label (use --shots).")
-    frames = []
+    shard = _rank_shard(shard)
+    base = replace(base, device=_rank_device(base.device))
+    runs = _runs(base, methods, kind, values, seeds, out)
+    spec = _spec(base, methods, axis, values, seeds)
+    record = {"spec": spec, "id": _digest(spec), "kind": kind.name, "runs": [r.dir.name for r in runs]}
+    _record_spec(out, record, shard)
+    mine = [r for i, r in enumerate(runs) if shard is None or shard.owns(i)]
+    with _alone():
+        if shard is not None:
+            log.info("sweep: shard %s runs %d of the %d runs", shard, len(mine), len(runs))
+            _run_shard(out, shard, record["id"], mine)
+        else:
+            for r in mine:
+                _run_once(r.request)
+    ran = [r.dir.name for r in mine]
+    waiting = [r.dir.name for r in runs if not _finished(r)] if shard is not None else []
+    if waiting:
+        return SweepOutcome(_results(mine, axis), False, shard, ran, waiting)
+    return SweepOutcome(_gather(out, record, runs, kind), True, shard, ran)
+
+
+def gather(out: Path) -> pd.DataFrame:
+    """results.csv, table.md and the plot of the sweep in `out`, from OUT/sweep.json and its runs;
+    refuses (naming them and their shards) while any run has not finished."""
+    out = Path(out)
+    record = _read_spec(out)
+    spec, kind = record["spec"], KINDS[record["kind"]]
+    base = FitRequest(**{f.name: spec[f.name] for f in fields(FitRequest) if f.name in spec})
+    runs = _runs(base, spec["methods"], kind, spec[kind.axis], spec["seeds"], out)
+    return _gather(out, record, runs, kind)
+
+
+def _runs(base: FitRequest, methods: list[str], kind: TaskKind, values: list, seeds: list[int],
+          out: Path) -> list[SweepRun]:
+    """The sweep's run list, in its one order: methods, then axis values, then seeds, as given."""
+    runs = []
     for label in methods:
-        method, flags = parse_method(label, kind)
+        method, switches = parse_method(label, kind)
         shared = {k: v for k, v in base.options.items() if k in applicable(method_class(method), kind)}
         for value in values:
             for seed in seeds:
-                run = out / f"{label}-{axis_stem(axis, value)}-seed{seed}"
-                options = {**shared, axis: value, **flags}
-                _run_once(replace(base, method=method, seed=seed, out=str(run), options=options))
-                frames.append(pd.read_csv(run / "metrics.csv").assign(method=label, **{axis: value}, seed=seed))
-    results = pd.concat(frames, ignore_index=True)
-    write_csv(out / "results.csv", results)
-    summary = headline(results, kind)
-    write_text(out / "table.md", table(summary, methods, axis))
-    per_run = per_run_headline(results, kind).rename(columns={"method": "label"})
-    plot_against(per_run, axis, out / AXIS_PLOTS[axis][0])
-    return results
+                run = out / f"{label}-{axis_stem(kind.axis, value)}-seed{seed}"
+                options = {**shared, kind.axis: value, **switches}
+                runs.append(SweepRun(label, value, seed, replace(base, method=method, seed=seed, out=str(run),
+                                                                 options=options)))
+    return runs
+
+
+def _spec(base: FitRequest, methods: list[str], axis: str, values: list, seeds: list[int]) -> dict[str, Any]:
+    """What decides the sweep's results (as JSON reads it back): the request's settings but where
+    and how it runs and the per-run method and seed, then the methods, axis values and seeds."""
+    request = {k: v for k, v in asdict(base).items() if k not in (*HOW_NOT_WHAT, "method", "seed")}
+    return json.loads(json.dumps({**request, "methods": methods, axis: values, "seeds": seeds}, default=str))
+
+
+def _digest(spec: dict[str, Any]) -> str:
+    return sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _record_spec(out: Path, record: dict[str, Any], shard: Shard | None) -> None:
+    """Write OUT/sweep.json. The whole sweep replaces what is there (it is now this folder's
+    sweep); a shard writes it only where none is, and is refused if the recorded options differ."""
+    path = out / SPEC
+    if shard is None:
+        if not path.exists() or _read_spec(out, quiet=True) != record:
+            write_json(path, record)
+        return
+    _write_new(path, record)
+    recorded = _read_spec(out)["spec"]
+    if recorded != record["spec"]:
+        keys = sorted(set(recorded) | set(record["spec"]))
+        differ = "; ".join(f"{k}: {recorded.get(k)!r} there, {record['spec'].get(k)!r} here"
+                           for k in keys if recorded.get(k) != record["spec"].get(k))
+        raise CptError(f"{path} records a sweep with other options ({differ}); every shard of a sweep needs the same "
+                       f"options. Give this shard those options, choose another --out, or, to start another sweep "
+                       f"in {out}, delete {path} first (finished runs with the same options are still reused).")
+
+
+def _write_new(path: Path, obj: Any) -> None:
+    """Write `obj` as JSON to `path` unless a file is there: of shards starting at once, one
+    writes it whole and the others find it (a hard link, unlike a rename, never replaces a file)."""
+    if path.exists():
+        return
+    new = path.with_name(f".{path.name}.{os.getpid()}.new")
+    write_json(new, obj)
+    try:
+        os.link(new, path)
+    except FileExistsError:
+        pass
+    except OSError:  # a file system without hard links
+        if not path.exists():
+            os.replace(new, path)
+    finally:
+        new.unlink(missing_ok=True)
+
+
+def _read_spec(out: Path, quiet: bool = False) -> dict[str, Any] | None:
+    """OUT/sweep.json, checked; `quiet`: an unreadable one is None (the whole sweep replaces it)."""
+    path = out / SPEC
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if not (isinstance(record, dict) and {"spec", "id", "kind", "runs"} <= set(record) and record["kind"] in KINDS
+                and {"methods", "seeds", KINDS[record["kind"]].axis} <= set(record["spec"])):
+            raise ValueError("it lacks the sweep's options, kind or runs")
+    except FileNotFoundError as exc:
+        raise CptError(f"{out} holds no {SPEC}: it is not a folder `cpt sweep` (of this version) wrote its runs into. "
+                       f"Give the sweep's --out, or run the sweep there again (finished runs are reused).") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        if quiet:
+            return None
+        raise CptError(f"{path} is damaged ({exc}); run the sweep's command again without --shard to write it anew "
+                       "(finished runs are reused).") from exc
+    return record
+
+
+def _run_shard(out: Path, shard: Shard, sweep_id: str, runs: list[SweepRun]) -> None:
+    """Run `runs`, keeping OUT/shards/I-of-N.json up to date: each run's status and the shard's."""
+    statuses = {r.dir.name: "finished" if _finished(r) else "pending" for r in runs}
+
+    def manifest(status: str, error: str | None = None) -> None:
+        write_json(out / SHARDS / shard.file, {
+            "shard": str(shard), "sweep": sweep_id, "status": status, **({"error": error[:500]} if error else {}),
+            "host": socket.gethostname(), "pid": os.getpid(),
+            "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "runs": statuses})
+
+    manifest("running")
+    for r in runs:
+        if statuses[r.dir.name] == "finished":
+            continue
+        statuses[r.dir.name] = "running"
+        manifest("running")
+        try:
+            _run_once(r.request)
+        except BaseException as exc:
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            statuses[r.dir.name] = status
+            try:  # best effort: the error that stopped the run matters more
+                manifest(status, None if status == "interrupted" else f"{r.dir.name}: {exc}")
+            except Exception as also:
+                log.warning("could not record status %r in %s: %s", status, out / SHARDS / shard.file, also)
+            raise
+        statuses[r.dir.name] = "finished"
+        manifest("running")
+    manifest("complete")
 
 
 HOW_NOT_WHAT = ("out", "device", "cache_dir", "clip_cache", "encode_batch_size")  # request fields results ignore
@@ -101,6 +359,81 @@ def _run_once(req: FitRequest) -> None:
         log.warning("sweep: %s was made with other options; running it again with these", run)
     log.info("sweep: %s, seed %d -> %s", req.method, req.seed, run)
     fit(req, overwrite=True)
+
+
+def _state(run: SweepRun) -> str:
+    """How far `run` got: finished, not started, running (or killed), interrupted, failed, or made
+    with other options."""
+    config = R.read_config(run.dir) if R.is_run(run.dir) else None
+    if config is None:
+        return "not started"
+    if not _same_run(config, run.request):
+        return "made with other options"
+    status = config.get("status", "running")
+    if status == "finished" and not (run.dir / "metrics.csv").exists():
+        return "metrics.csv missing"
+    return {"running": "running or killed"}.get(status, status)
+
+
+def _finished(run: SweepRun) -> bool:
+    return _state(run) == "finished"
+
+
+def _missing(out: Path, record: dict[str, Any], runs: list[SweepRun], missing: list[SweepRun]) -> str:
+    """The error of gathering before every run finished: the runs, grouped by the shard that owns them."""
+    manifests = []  # this sweep's readable manifests, oldest update first
+    for path in sorted((out / SHARDS).glob("*-of-*.json")):
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+            parse_shard(manifest["shard"])
+        except (OSError, ValueError, TypeError, KeyError, CptError):
+            continue
+        if manifest.get("sweep") == record["id"] and isinstance(manifest.get("runs"), dict):
+            manifests.append(manifest)
+    manifests.sort(key=lambda m: str(m.get("updated", "")))
+    listed = {name: m for m in manifests for name in m["runs"]}
+    counts = sorted({parse_shard(m["shard"]).count for m in manifests})
+    groups: dict[str, list[str]] = {}
+    for r in missing:
+        entry = f"{r.dir.name} ({_state(r)})"
+        if r.dir.name in listed:
+            m = listed[r.dir.name]
+            owner = f"shard {m['shard']}, {m.get('status')}"
+            if m.get("status") == "running":
+                owner += f" on {m.get('host')} (pid {m.get('pid')}, last update {m.get('updated')}) or killed"
+            elif m.get("error"):
+                owner += f": {m['error']}"
+        elif counts:
+            position = runs.index(r)
+            owners = [Shard(position % n + 1, n) for n in counts]
+            owner = " or ".join(f"shard {s}, not started (no {SHARDS}/{s.file})" for s in owners)
+        else:
+            owner = "no shard has run it yet"
+        groups.setdefault(owner, []).append(entry)
+    where = "; ".join(f"{owner}: {', '.join(names)}" for owner, names in groups.items())
+    return (f"{len(missing)} of the {len(runs)} runs of the sweep in {out} have not finished: {where}. Run the shards "
+            f"that own them (the sweep's command with their --shard; finished runs are reused), or the sweep's command "
+            f"without --shard, then gather again.")
+
+
+def _results(runs: list[SweepRun], axis: str) -> pd.DataFrame:
+    """The runs' metrics.csv, each row labelled with its run's method label, axis value and seed."""
+    frames = [pd.read_csv(r.dir / "metrics.csv").assign(method=r.label, **{axis: r.value}, seed=r.seed) for r in runs]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _gather(out: Path, record: dict[str, Any], runs: list[SweepRun], kind: TaskKind) -> pd.DataFrame:
+    """Write results.csv, table.md and the plot from the runs, in the run list's order; refused,
+    naming them, while any run has not finished."""
+    missing = [r for r in runs if not _finished(r)]
+    if missing:
+        raise CptError(_missing(out, record, runs, missing))
+    results = _results(runs, kind.axis)
+    write_csv(out / "results.csv", results)
+    write_text(out / "table.md", table(headline(results, kind), record["spec"]["methods"], kind.axis))
+    per_run = per_run_headline(results, kind).rename(columns={"method": "label"})
+    plot_against(per_run, kind.axis, out / AXIS_PLOTS[kind.axis][0])
+    return results
 
 
 def per_run_headline(results: pd.DataFrame, kind: TaskKind) -> pd.DataFrame:
