@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 import torch
 from torch.optim.lr_scheduler import OneCycleLR
 
+from cpt import dist
 from cpt.console import log, track
 from cpt.errors import CptError
 from cpt.methods.base import PromptMethod, TaskData
@@ -119,6 +120,15 @@ def _diverged(what: str, epoch: int, cfg: TrainConfig, method: PromptMethod) -> 
         f"{what} in epoch {epoch + 1} (--lr {cfg.lr:g}): training diverged, and {kept}. Start the run again with "
         f"a lower --lr{fp} and --overwrite (--resume would keep the same options)."
     )
+
+
+def check_splittable(method: type[PromptMethod]) -> None:
+    """Several ranks split each batch by image: refuse a method whose loss is not a plain sum over
+    the batch's images (its own `batch_loss`, e.g. SCPNet's random view picks and pseudo-label state)."""
+    if method.batch_loss is not PromptMethod.batch_loss:
+        raise CptError(f"--method {method.name} trains in one process: its loss draws per-image choices and keeps "
+                       "state across batches, which ranks splitting the batch would change. Start it without torchrun "
+                       "or --devices.")
 
 
 def make_optimizer(method: PromptMethod, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -247,6 +257,10 @@ def train(
             ema.load(state["ema"])
         history, start, best = state["history"], state["epoch"], state.get("best")
     device = method.backbone.device
+    world = dist.world_size()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if world > 1:
+        check_splittable(type(method))
     for epoch in track(range(start, cfg.epochs), "Training", total=cfg.epochs - start):
         t0 = time.perf_counter()
         if scheduler is None:
@@ -257,7 +271,11 @@ def train(
         class_gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch + 7)
         for task_ids, picks in _epoch_batches(data, cfg, epoch):
             loss = torch.zeros((), device=device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+            # several ranks: each takes its share of the batch (the classes, norms and random draws
+            # stay the batch's) and encodes its block of each task's classes
+            if world > 1:
+                mine = torch.zeros(len(task_ids), dtype=torch.bool).index_fill_(0, dist.my_share(len(task_ids)), True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp), dist.sharded_classes():
                 for t in task_ids.unique().tolist():
                     rows = picks[task_ids == t]
                     classes = None
@@ -267,11 +285,17 @@ def train(
                     # per-task parameters: each task's mean, as if trained alone; shared ones
                     # (SoftCPT, CoOp-MT): the mean over the whole mixed batch, as SoftCPT's reference
                     norm = len(rows) if method.task_mean else len(task_ids)
+                    if world > 1:
+                        rows = picks[(task_ids == t) & mine]
                     loss = loss + method.batch_loss(data[t], t, rows, classes, epoch, class_gen) / norm
-            if not torch.isfinite(loss):
+            if world == 1 and not torch.isfinite(loss):
                 raise _diverged(f"The training loss became {loss.item()}", epoch, cfg, method)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if world > 1:  # the batch's loss and gradients: the sums over ranks
+                loss = dist.sum_gradients(loss, params)
+                if not torch.isfinite(loss):
+                    raise _diverged(f"The training loss became {loss.item()}", epoch, cfg, method)
             try:
                 optimizer.step()
             except RuntimeError as exc:  # SGD refuses an update that overflows float32 (--lr 1e300)

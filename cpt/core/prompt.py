@@ -17,6 +17,7 @@ import torch
 from clip.model import CLIP
 from torch import Tensor, nn
 
+from cpt import dist
 from cpt.errors import CptError
 from cpt.options import Options, option
 from cpt.core.text import encode_embeddings, encode_shared_prefix, special_ids, word_ids
@@ -140,7 +141,15 @@ class ClassPrompts(nn.Module):
 
         A generic context before the class name is a prefix shared by every class: it is
         encoded once (`encode_shared_prefix`); otherwise each prompt is encoded up to its EOT.
+        Inside `cpt.dist.sharded_classes()` each rank encodes a block of the rows and the blocks
+        are gathered with their gradients: the same features, a world-th of the work per rank.
         """
+        if dist.sharding_classes():
+            every = torch.arange(self.n_cls, device=self.base.device) if rows is None else rows
+            return dist.gather_encoded(lambda block: self._encode(model, ctx, block), every)
+        return self._encode(model, ctx, rows)
+
+    def _encode(self, model: CLIP, ctx: Tensor, rows: Tensor | None) -> Tensor:
         eot = self.eot if rows is None else self.eot[rows]
         if self.shared_prefix and ctx.dim() == 2:
             n = 1 + self.n_ctx
