@@ -8,6 +8,7 @@ from rich.table import Table
 
 from cpt.bench.prompt import GEOMETRIES, as_dicts, machine, run_bench
 from cpt.bench.scpnet import run_scpnet_bench
+from cpt.bench.store import run_store_bench
 from cpt.console import console
 from cpt.errors import CptError
 
@@ -30,12 +31,16 @@ def _counts(text: str) -> list[int]:
   cpt bench --geometry vit-b16 --classes 1191 --device cuda --json
 
   cpt bench --scpnet                         # feature cache images/s and bytes, SCPNet step for 20 / 80 / 1,000 classes
+
+  cpt bench --store                          # 100,000 cached entries: the feature store against one .npy per image
 """)
 @command
 def bench_cmd(
     geometry: Annotated[Optional[list[str]], typer.Option(help=f"Model geometry (repeatable): {', '.join(GEOMETRIES)}; random weights except toy [default: tiny, toy].")] = None,
     classes: Annotated[Optional[str], typer.Option(help="Comma-separated class counts [default: 10,100,1191,5000; with --scpnet 20,80,1000].")] = None,
     scpnet: Annotated[bool, typer.Option(help="SCPNet's figures instead: feature extraction images/s, cache bytes per image, training step on cached features.")] = False,
+    store: Annotated[bool, typer.Option(help="The feature store's figures instead: files, bytes, write and cache-hit read seconds of --entries entries, against one .npy file per image.")] = False,
+    entries: Annotated[int, typer.Option(help="With --store: entries (random tiny-CLIP features, dim 32) to write and read.")] = 100_000,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     precision: Annotated[str, typer.Option(help="fp32, fp16 or bf16 for the frozen CLIP.")] = "fp32",
     repeats: Annotated[int, typer.Option(help="Timed steps per path (median reported), after one warm-up.")] = 5,
@@ -44,6 +49,9 @@ def bench_cmd(
     quiet: Annotated[bool, typer.Option(help="No table on stderr.")] = False,
 ) -> None:
     """Time the optimised training step against a naive CoOp loop (full context, images re-encoded)."""
+    if store:
+        _store(entries, json_out, quiet)
+        return
     counts = _counts(classes or ("20,80,1000" if scpnet else "10,100,1191,5000"))
     if scpnet:
         _scpnet(list(geometry or ["tiny", "toy"]), counts, device, repeats, json_out, quiet)
@@ -81,4 +89,20 @@ def _scpnet(geometries: list[str], counts: list[int], device: str, repeats: int,
         table.add_column(col, justify="right")
     for r in steps:
         table.add_row(r.geometry, str(r.classes), f"{r.step_ms:.1f}", f"{r.steps_per_s:.2f}", f"{r.peak_mb:.0f}")
+    console.print(table)
+
+
+def _store(entries: int, json_out: bool, quiet: bool) -> None:
+    rows = run_store_bench(entries)
+    where = machine()
+    if json_out:
+        emit_json({"machine": where, "rows": as_dicts(rows)})
+    if quiet:
+        return
+    table = Table(title=f"feature store on {where}: {entries:,} entries of 32 float32, cache-hit read pass")
+    for col in ("layout", "files", "MB", "MB on disk", "write s", "read s", "x read"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(r.layout, f"{r.files:,}", f"{r.bytes / 1e6:.1f}", f"{r.disk_bytes / 1e6:.1f}", f"{r.write_s:.2f}",
+                      f"{r.read_s:.3f}", f"{r.read_speedup:.1f}")
     console.print(table)

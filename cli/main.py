@@ -2,6 +2,7 @@
 
 import typer
 from cpt_cli import bench as _bench  # noqa: F401  (registers `cpt bench`)
+from cpt_cli import cache as _cache  # noqa: F401  (registers `cpt cache`)
 from cpt_cli import data as _data  # noqa: F401  (registers `cpt data`)
 from cpt_cli import eval as _eval  # noqa: F401  (registers `cpt eval`)
 from cpt_cli import export as _export  # noqa: F401  (registers `cpt export`)

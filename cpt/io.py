@@ -15,12 +15,12 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
-
-import pandas as pd
-import torch
+from typing import TYPE_CHECKING, Any, Iterator
 
 from cpt.errors import CptError
+
+if TYPE_CHECKING:  # imported where used: the feature store and `cpt cache` need neither
+    import pandas as pd
 
 # errno -> what it means for the user; anything else an OSError says stays a bug report
 REFUSED = {
@@ -124,5 +124,7 @@ def write_csv(path: str | Path, frame: pd.DataFrame) -> None:
 
 def save_torch(path: str | Path, obj: Any) -> None:
     """`torch.save` atomically."""
+    import torch
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)

@@ -165,3 +165,44 @@ def toy_ml_zeroshot(tmp_path_factory) -> Fitted:
 
 def accuracy(summary: dict, task: str = "colours") -> float:
     return next(m["value"] for m in summary["metrics"] if m["task"] == task and m["metric"] == "accuracy")
+
+
+@dataclass(frozen=True)
+class StoredEntry:
+    """One record of the feature store under a cache root: where its row lies, to read or damage it."""
+
+    rows: Path  # the shard's .rows file
+    row: int
+    shape: tuple[int, ...]
+    digest: str
+    record: int  # its place in the shard's .index file
+
+    @property
+    def index(self) -> Path:
+        return self.rows.with_suffix(".index")
+
+    @property
+    def offset(self) -> int:
+        return self.row * 4 * int(np.prod(self.shape))
+
+    def read(self) -> np.ndarray:
+        return np.fromfile(self.rows, np.float32, int(np.prod(self.shape)), offset=self.offset).reshape(self.shape)
+
+    def write(self, values: np.ndarray) -> None:
+        """Overwrite the row in place (as a failing disk or a hand edit would)."""
+        with open(self.rows, "r+b") as fh:
+            fh.seek(self.offset)
+            fh.write(np.asarray(values, np.float32).tobytes())
+
+
+def stored_entries(root: Path) -> list[StoredEntry]:
+    """Every whole index record of the feature store under `root`, shard by shard."""
+    from cpt.data.store import INDEX, ROWS, index_records, read_meta
+
+    found = []
+    for folder in sorted((root / "features").iterdir()):
+        shape = tuple(read_meta(folder)["shape"])
+        for index in sorted(folder.glob(f"*{INDEX}")):
+            for n, record in enumerate(index_records(index)):
+                found.append(StoredEntry(index.with_suffix(ROWS), int(record["row"]), shape, bytes(record["digest"]).hex(), n))
+    return found

@@ -24,7 +24,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.conftest import cli, colour_folder, write_image
+from cpt.data.store import RECORD
+from tests.conftest import StoredEntry, cli, colour_folder, stored_entries, write_image
 
 TWO = {"red": (220, 40, 40), "blue": (40, 70, 220)}
 
@@ -367,41 +368,39 @@ def test_bad_data(case: Case, tiny_clip, tmp_path, deadline):
 # ---------------------------------------------------------------- damaged cache entries
 
 
-DAMAGE = ("zeros", "nan", "inf", "zero-row", "shape", "float64", "truncated", "garbage", "empty")
+DAMAGE = ("zeros", "nan", "inf", "zero-row", "bit-flip", "row-number", "checksum")
 
 
-def _damage(entry: Path, how: str) -> None:
-    """Overwrite a cached feature file by hand, as a user or a failing disk might."""
-    feat = np.load(entry)
+def _damage(entry: StoredEntry, how: str) -> None:
+    """Change a stored feature or its index record by hand, as a user or a failing disk might."""
+    feat = entry.read().copy()
     if how in ("zeros", "nan", "inf"):
-        np.save(entry, np.full_like(feat, {"zeros": 0.0, "nan": np.nan, "inf": np.inf}[how]))
+        entry.write(np.full_like(feat, {"zeros": 0.0, "nan": np.nan, "inf": np.inf}[how]))
     elif how == "zero-row":  # one augmented view zeroed (an eval-view entry is a single row: all of it)
-        feat = feat.copy()
         feat[0 if feat.ndim == 2 else slice(None)] = 0
-        np.save(entry, feat)
-    elif how == "shape":
-        np.save(entry, feat[..., :-1])
-    elif how == "float64":
-        np.save(entry, feat.astype(np.float64))
-    elif how == "truncated":
-        entry.write_bytes(entry.read_bytes()[:60])
-    elif how == "garbage":
-        entry.write_bytes(np.random.default_rng(len(str(entry))).bytes(300))
-    else:
-        entry.write_bytes(b"")
+        entry.write(feat)
+    elif how == "bit-flip":  # still finite and non-zero: only the checksum tells
+        feat.reshape(-1).view(np.uint32)[3] ^= 1 << 5
+        entry.write(feat)
+    else:  # the index record: another row number, or another checksum
+        with open(entry.index, "r+b") as fh:
+            fh.seek(entry.record * RECORD.itemsize + (32 if how == "row-number" else 40))
+            value = int.from_bytes(fh.read(4), "little")
+            fh.seek(-4, 1)
+            fh.write(((value + 1) % 2**32).to_bytes(4, "little"))
 
 
 def test_damaged_cache_entries_are_encoded_again(tiny_clip, colours, tmp_path):
     """Every kind of damage, on eval-view entries (dim,) and augmented-view entries (views, dim):
-    the image is encoded again, the entry replaced, and the numbers are those of an undamaged cache."""
+    the image is encoded again and stored anew, and the numbers are those of an undamaged cache."""
     cache = tmp_path / "cache"
     args = ["--method", "coop", "--epochs", "1", "--n-ctx", "2", "--tasks", f"colours={colours}", "--shots", "3",
             "--aug-views", "2", "--backbone", tiny_clip, "--cache-dir", cache, "--json", "--quiet"]
     code, out, err = cli("fit", *args, "--out", tmp_path / "a")
     assert code == 0, err
     first = json.loads(out)
-    entries = sorted(cache.rglob("*.npy"))
-    by_kind = {1: [e for e in entries if np.load(e).ndim == 1], 2: [e for e in entries if np.load(e).ndim == 2]}
+    entries = stored_entries(cache)
+    by_kind = {1: [e for e in entries if len(e.shape) == 1], 2: [e for e in entries if len(e.shape) == 2]}
     assert len(by_kind[1]) >= len(DAMAGE) and len(by_kind[2]) >= len(DAMAGE)
     damaged = []
     for group in by_kind.values():
@@ -417,9 +416,12 @@ def test_damaged_cache_entries_are_encoded_again(tiny_clip, colours, tmp_path):
     predictions = [pd.read_csv(tmp_path / run / "predictions.csv").drop(columns="path") for run in "ab"]
     assert predictions[0].drop(columns="score").equals(predictions[1].drop(columns="score"))
     np.testing.assert_allclose(predictions[0].score, predictions[1].score, atol=1e-5)  # other encoder batches
-    for entry in entries:  # replaced whole, with good features
-        feat = np.load(entry)
-        assert feat.dtype == np.float32 and np.isfinite(feat).all() and np.abs(feat).max(axis=-1).all()
+    old = {(e.rows, e.record) for e in entries}
+    stored = [e for e in stored_entries(cache) if (e.rows, e.record) not in old]  # the new copies, with good features
+    assert sorted(e.digest for e in stored) == sorted(e.digest for e in damaged)
+    for entry in stored:
+        feat = entry.read()
+        assert np.isfinite(feat).all() and np.abs(feat).max(axis=-1).all()
     assert not [p for p in cache.rglob("*") if p.name.endswith(".tmp")]
     code, out, err = cli("fit", *args, "--out", tmp_path / "c")
     assert json.loads(out)["images_encoded"] == 0 and "damaged" not in err

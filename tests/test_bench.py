@@ -97,8 +97,19 @@ def test_scpnet_bench_reports_extraction_cache_size_and_steps():
     views = {r["view"]: r for r in figures["extraction"]}
     assert set(views) == {"eval", "weak", "strong"} and views["weak"]["views_per_image"] == 8
     dim = TINY_VIT["embed_dim"]
-    for r in views.values():  # one float32 .npy per image: a 128-byte header plus views x dim values
-        assert r["bytes_per_image"] == 128 + 4 * dim * r["views_per_image"]
+    for r in views.values():  # the feature store: views x dim float32 values plus a 48-byte index record
+        assert r["bytes_per_image"] == 48 + 4 * dim * r["views_per_image"]
         assert r["images_per_s"] > 0
     assert [r["classes"] for r in figures["steps"]] == [5, 12]
     assert all(r["step_ms"] > 0 and r["peak_mb"] > 0 for r in figures["steps"])
+
+
+def test_store_bench_counts_files_bytes_and_reads_back_every_entry():
+    code, out, err = cli("bench", "--store", "--entries", "300", "--json", "--quiet")
+    assert code == 0, err
+    old, new = json.loads(out)["rows"]
+    assert (old["layout"], old["files"], old["bytes"]) == ("per-file", 300, 300 * (128 + 4 * 32))
+    assert (new["layout"], new["files"]) == ("store", 3)  # meta.json, one .rows, one .index
+    assert new["bytes"] > 300 * (48 + 4 * 32) and new["read_speedup"] == pytest.approx(old["read_s"] / new["read_s"])
+    code, _, err = cli("bench", "--store", "--entries", "0")
+    assert code == 2 and "--entries" in err

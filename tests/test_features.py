@@ -5,8 +5,8 @@ import torch
 from PIL import Image
 
 from cpt.core.backbone import load_backbone
-from cpt.data.features import AugmentSpec, FeatureCache, eval_transform
-from tests.conftest import write_image
+from cpt.data.features import AugmentSpec, FeatureCache, content_hash, eval_transform
+from tests.conftest import stored_entries, write_image
 
 
 def images(tmp_path, n=3):
@@ -108,26 +108,48 @@ def test_unreadable_files_are_recorded_never_raised(tiny_clip, tmp_path):
 
 def test_damaged_cache_entry_is_encoded_again_and_replaced(tiny_clip, tmp_path):
     backbone = load_backbone(str(tiny_clip), "cpu")
-    paths = images(tmp_path, 3)
+    paths = images(tmp_path, 4)
     want = FeatureCache(backbone, tmp_path / "c").features(paths)
-    entries = sorted((tmp_path / "c").rglob("*.npy"))
-    np.save(entries[0], np.zeros(32, dtype=np.float32))
-    np.save(entries[1], np.full(32, np.nan, dtype=np.float32))
-    entries[2].write_bytes(b"\x93NUMPY garbage")
+    entries = stored_entries(tmp_path / "c")
+    entries[0].write(np.zeros(32))
+    entries[1].write(np.full(32, np.nan))
+    flipped = entries[2].read().copy()
+    flipped.view(np.uint32)[5] ^= 1 << 3  # one bit: still finite and non-zero, so only the checksum tells
+    entries[2].write(flipped)
     cache = FeatureCache(backbone, tmp_path / "c")
     torch.testing.assert_close(cache.features(paths), want)
-    assert (cache.stats.encoded, cache.stats.cached, cache.stats.repaired) == (3, 0, 3)
+    assert (cache.stats.encoded, cache.stats.cached, cache.stats.repaired) == (3, 1, 3)
     again = FeatureCache(backbone, tmp_path / "c")
     assert torch.equal(again.features(paths), cache.features(paths)) and again.stats.repaired == 0
+
+
+def test_entries_of_the_per_file_layout_are_moved_into_the_store(tiny_clip, tmp_path):
+    """A cache written before the store (one .npy per image) is read, not encoded again; its files
+    move into the store; a damaged one is encoded again, as before."""
+    from cpt.data.features import _key
+
+    backbone = load_backbone(str(tiny_clip), "cpu")
+    paths = images(tmp_path, 3)
+    want = FeatureCache(backbone, tmp_path / "new").features(paths)
+    folder = tmp_path / "old" / "features" / _key(backbone, {"view": "eval"})
+    for path, feat in zip(paths, want.numpy()):
+        digest = content_hash(path)
+        (folder / digest[:2]).mkdir(parents=True, exist_ok=True)
+        np.save(folder / digest[:2] / f"{digest}.npy", feat)
+    (folder / content_hash(paths[2])[:2] / f"{content_hash(paths[2])}.npy").write_bytes(b"\x93NUMPY garbage")
+    cache = FeatureCache(backbone, tmp_path / "old")
+    torch.testing.assert_close(cache.features(paths), want)
+    assert (cache.stats.encoded, cache.stats.cached, cache.stats.repaired) == (1, 2, 1)
+    assert not list(folder.rglob("*.npy")) and len(stored_entries(tmp_path / "old")) == 3
+    again = FeatureCache(backbone, tmp_path / "old")
+    assert torch.equal(again.features(paths), cache.features(paths)) and again.stats.encoded == 0
 
 
 def test_good_images_keep_their_cache_keys(tiny_clip, tmp_path):
     """The key of an image is the sha256 of its bytes, as before reading was centralised."""
     import hashlib
 
-    from cpt.data.features import content_hash
-
     path = images(tmp_path, 1)[0]
     assert content_hash(path) == hashlib.sha256(path.read_bytes()).hexdigest()
     FeatureCache(load_backbone(str(tiny_clip), "cpu"), tmp_path / "c").features([path])
-    assert [p.stem for p in (tmp_path / "c").rglob("*.npy")] == [content_hash(path)]
+    assert [e.digest for e in stored_entries(tmp_path / "c")] == [content_hash(path)]

@@ -2,7 +2,8 @@
 
 extraction  images/s of the feature cache on real PNG files (decode, transform, encode, write),
             for the evaluation view and for augmented (weak, strong) views;
-cache       bytes on disk per image: one evaluation view plus the weak and strong views;
+cache       bytes on disk per image (feature rows + index records): one evaluation view plus
+            the weak and strong views;
 step        one SCPNet training step on cached features (prompt through the text encoder,
             graph module, weak + weak + strong logits, supervised + self-training loss,
             backward, SGD) by number of classes: median time and peak memory.
@@ -22,6 +23,7 @@ from PIL import Image
 from cpt.core.backbone import Backbone, Preprocess, resolve_device
 from cpt.bench.prompt import build_model, check_bench, class_names, time_steps
 from cpt.data.features import AugmentSpec, FeatureCache
+from cpt.data.store import INDEX, ROWS
 from cpt.kinds import KINDS
 from cpt.methods import TaskData, build_method
 
@@ -50,7 +52,8 @@ def _backbone(geometry: str, device: torch.device) -> Backbone:
 
 
 def _folder_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*.npy"))
+    """The feature store's rows and index records (its meta.json is a constant per cache key)."""
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.suffix in (ROWS, INDEX))
 
 
 def bench_extraction(geometry: str, device: str = "auto", n_images: int = 64, views: int = 8) -> list[ExtractionRow]:

@@ -2,15 +2,16 @@
 
 The image encoder never trains (by default), so every image is encoded once per view:
 one centre-crop view for evaluation, and a fixed number of augmented views (random resized
-crop + horizontal flip) for training. A cache entry's folder is keyed by the backbone's
-checksum, precision and preprocessing (plus the augmentation recipe), its file name by the
-sha256 of the image bytes; view `i` of an image is drawn from a seed derived from its bytes
-and `i`, so the same views come back whatever the run, order or seed.
+crop + horizontal flip) for training. A cache key is the backbone's checksum, precision and
+preprocessing (plus the augmentation recipe); within it an entry is found by the sha256 of the
+image bytes (cpt.data.store keeps the entries of a key in a few sharded files). View `i` of an
+image is drawn from a seed derived from its bytes and `i`, so the same views come back whatever
+the run, order or seed.
 
 Images are read and decoded by cpt.data.images only: a file that cannot be read or decoded is
-recorded in `stats.failed`, never raised. A cache entry that is damaged (unreadable, wrong
-shape or type, non-finite values, an all-zero row) is never used: the image is encoded again
-and the entry replaced atomically.
+recorded in `stats.failed`, never raised. A cache entry that is damaged (a checksum mismatch,
+a partial write, non-finite values, an all-zero row) is never used: the image is encoded again
+and stored anew.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from torchvision import transforms as T
 from cpt.core.backbone import Backbone, Preprocess
 from cpt.console import track
 from cpt.data.images import Unreadable, content_hash, read_image  # content_hash: also imported from here
+from cpt.data.store import SHARD_BYTES, FeatureStore
 from cpt.errors import CptError
-from cpt.io import atomic_path, cache_root
+from cpt.io import cache_root
 from cpt.options import Options, option
 
 log = logging.getLogger("cpt")
@@ -189,16 +191,34 @@ def _changed(exc: Unreadable) -> CptError:
 
 
 class FeatureCache:
-    """Encode images with a frozen backbone, reading and writing the on-disk cache."""
+    """Encode images with a frozen backbone, reading and writing the feature store (cpt.data.store)."""
 
-    def __init__(self, backbone: Backbone, root: Path | None = None, batch_size: int = 64) -> None:
+    def __init__(self, backbone: Backbone, root: Path | None = None, batch_size: int = 64,
+                 shard_bytes: int = SHARD_BYTES) -> None:
         self.backbone = backbone
         self.root = Path(root) if root else cache_root()
         self.batch_size = batch_size
+        self.shard_bytes = shard_bytes
         self.stats = CacheStats()
+        self._stores: dict[str, FeatureStore] = {}
 
-    def _folder(self, kind: dict) -> Path:
-        return self.root / "features" / _key(self.backbone, kind)
+    def store(self, aug: AugmentSpec | None = None) -> FeatureStore:
+        """The store of this backbone's eval view, or of the augmented views `aug`."""
+        kind = {"view": "eval"} if aug is None else {"view": "augment", **aug.key()}
+        key = _key(self.backbone, kind)
+        if key not in self._stores:
+            dim = self.backbone.geometry["embed_dim"]
+            shape = (dim,) if aug is None else (aug.views, dim)
+            meta = {"format": 1, "backbone": self.backbone.spec, "sha256": self.backbone.checksum,
+                    "precision": self.backbone.precision, "preprocess": self.backbone.preprocess.to_dict(),
+                    "view": kind, "shape": list(shape)}
+            self._stores[key] = FeatureStore(self.root / "features" / key, shape, meta, self.shard_bytes)
+        return self._stores[key]
+
+    def close(self) -> None:
+        """Let go of the shards this cache writes (also done when the process ends)."""
+        for store in self._stores.values():
+            store.close()
 
     @torch.no_grad()
     def _encode(self, batch: list[Tensor]) -> list[np.ndarray]:
@@ -207,29 +227,6 @@ class FeatureCache:
         feats = self.backbone.model.encode_image(x).float().cpu()
         self.stats.encoded += len(batch)
         return [f.numpy() for f in feats.split(sizes)]
-
-    def _cached(self, entry: Path, shape: tuple[int, ...]) -> np.ndarray | None:
-        """The features stored in `entry`, or None when there are none or they are damaged
-        (then the caller encodes the image again and overwrites the entry)."""
-        if not entry.exists():
-            return None
-        try:
-            feat = np.load(entry, allow_pickle=False)
-        except Exception as exc:  # noqa: BLE001 - truncated, garbage, not an .npy: any failure means re-encode
-            problem = f"unreadable ({type(exc).__name__})"
-        else:
-            if not isinstance(feat, np.ndarray) or feat.dtype != np.float32 or feat.shape != shape:
-                found = f"{feat.dtype} {feat.shape}" if isinstance(feat, np.ndarray) else type(feat).__name__
-                problem = f"{found}, not float32 {shape}"
-            elif not np.isfinite(feat).all():
-                problem = "non-finite values"
-            elif not np.abs(feat).max(axis=-1).all():
-                problem = "an all-zero feature"
-            else:
-                return feat
-        self.stats.repaired += 1
-        log.warning("damaged feature cache entry %s (%s): encoding its image again", entry, problem)
-        return None
 
     def readable(self, paths: list[Path]) -> Tensor:
         """Indices of `paths` whose image has not failed to read or decode (call after `features`)."""
@@ -240,40 +237,49 @@ class FeatureCache:
 
         Unreadable images are recorded in `stats.failed` and get NaN rows; callers drop them.
         """
-        kind = {"view": "eval"} if aug is None else {"view": "augment", **aug.key()}
-        folder = self._folder(kind)
-        dim = self.backbone.geometry["embed_dim"]
-        shape = (dim,) if aug is None else (aug.views, dim)
-        out: list[np.ndarray | None] = [None] * len(paths)
-        todo: list[tuple[int, Path]] = []
-        for i, path in enumerate(paths):
+        return torch.from_numpy(self._fill(paths, aug, range(len(paths)), label))
+
+    def fill(self, paths: list[Path], aug: AugmentSpec | None = None, part: tuple[int, int] = (0, 1),
+             label: str = "Encoding images") -> None:
+        """Encode and store the features the store lacks (or holds damaged) of the images at positions
+        `i` of `paths` with `i % world == rank`, `part = (rank, world)`: processes that split one
+        list this way, then wait for each other, can all read every feature with `features`.
+        Unreadable images are recorded in `stats.failed`, as `features` does."""
+        rank, world = part
+        if not 0 <= rank < world:
+            raise CptError(f"part {part} is not (rank, world) with 0 <= rank < world.")
+        self._fill(paths, aug, range(rank, len(paths), world), label)
+
+    def _fill(self, paths: list[Path], aug: AugmentSpec | None, positions: range, label: str) -> np.ndarray:
+        """(len(paths), *shape): the features at `positions` read or encoded (and stored), NaN elsewhere."""
+        store = self.store(aug)
+        wanted: list[int] = []
+        digests: list[str] = []
+        for i in positions:
             try:
-                digest = content_hash(path)
+                digests.append(content_hash(paths[i]))
+                wanted.append(i)
             except Unreadable as exc:
-                self.stats.failed[str(path)] = exc.reason
-                continue
-            feat = self._cached(folder / digest[:2] / f"{digest}.npy", shape)
-            if feat is not None:
-                out[i] = feat
-                self.stats.cached += 1
-            else:
-                todo.append((i, path))
+                self.stats.failed[str(paths[i])] = exc.reason
+        found = store.get(digests)
+        out = np.full((len(paths), *store.shape), np.nan, np.float32)
+        hits = np.flatnonzero(found.found)
+        out[np.array(wanted, dtype=np.int64)[hits]] = found.rows[hits]
+        self.stats.cached += len(hits)
+        for k, (where, problem) in sorted(found.damaged.items()):
+            self.stats.repaired += 1
+            log.warning("damaged feature cache entry %s (%s): encoding its image again", where, problem)
+        todo = [wanted[k] for k in np.flatnonzero(~found.found).tolist()]
         batch: list[tuple[int, str, Tensor]] = []
-        for n, (i, path) in enumerate(track(todo, label, total=len(todo))):
+        for n, i in enumerate(track(todo, label, total=len(todo))):
             try:  # the digest of the bytes decoded now keys the entry, even if the file changed since it was hashed
-                image, digest = read_image(path)
+                image, digest = read_image(paths[i])
                 batch.append((i, digest, image_views(image, digest, self.backbone.preprocess, aug)))
             except Unreadable as exc:
-                self.stats.failed[str(path)] = exc.reason
+                self.stats.failed[str(paths[i])] = exc.reason
             if batch and (len(batch) == self.batch_size or n == len(todo) - 1):
-                for (j, dig, _), feat in zip(batch, self._encode([b[2] for b in batch])):
-                    feat = feat[0] if aug is None else feat
-                    with atomic_path(folder / dig[:2] / f"{dig}.npy") as tmp:
-                        with open(tmp, "wb") as fh:
-                            np.save(fh, feat)
-                    out[j] = feat
+                feats = np.stack([f[0] if aug is None else f for f in self._encode([b[2] for b in batch])])
+                store.put([b[1] for b in batch], feats)
+                out[[b[0] for b in batch]] = feats
                 batch = []
-        blank = np.full(shape, np.nan, dtype=np.float32)
-        if not out:
-            return torch.empty(0, *blank.shape)
-        return torch.from_numpy(np.stack([blank if o is None else o for o in out]))
+        return out
