@@ -8,8 +8,8 @@ import signal
 import sys
 import threading
 import traceback
-from contextlib import contextmanager
-from typing import Annotated, Any, Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Annotated, Any, Callable, Iterator, TextIO
 
 import pandas as pd
 import typer
@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cpt import __version__
+from cpt import dist
 from cpt.console import console, setup
 from cpt.errors import CptError
 from cpt.io import FULL, IN_THE_WAY, REFUSED, write_refused
@@ -99,48 +100,89 @@ def plain_help(app: typer.Typer) -> None:
 app = new_app()  # the commands other modules register; cpt_cli.main adds `cpt fit` to a fresh copy
 
 
-def command(fn: Callable[..., Any]) -> Callable[..., Any]:
+def command(fn: Callable[..., Any] | None = None, *, distributed: bool = False) -> Any:
     """Map outcomes to exit codes: 0 ok, 2 bad input or interrupted (Ctrl-C, SIGTERM, SIGHUP; one
-    paragraph), 1 a bug (with its traceback)."""
+    paragraph), 1 a bug (with its traceback).
+
+    Under torchrun (WORLD_SIZE > 1) a `distributed` command (fit, eval, predict) joins the other
+    processes, rank 0 alone prints, and the others print only a bug's traceback; any other command
+    refuses to run there.
+    """
+    if fn is None:
+        return functools.partial(command, distributed=distributed)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        setup(quiet=bool(kwargs.get("quiet")))
-        try:
-            with stop_signals_interrupt():
-                return fn(*args, **kwargs)
-        except CptError as exc:
-            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt as exc:
-            how = f" by {exc.args[0]}" if isinstance(exc, Stopped) else ""
-            console.print(
-                f"[bold red]interrupted{how}:[/] nothing already written was lost. A `cpt fit` run keeps the "
-                "checkpoint of its last finished epoch: continue it with `cpt fit --resume RUN`.",
-                highlight=False,
-                soft_wrap=True,
-            )
-            raise typer.Exit(2) from None
-        except BrokenPipeError:  # the reader went away (`cpt predict ... | head`): stop quietly
-            _silence_stdout()
-            raise typer.Exit(0) from None
-        except typer.Exit:
-            raise
-        except OSError as exc:  # permissions, a read-only or full disk: the user's to fix, not a bug
-            if exc.errno in FULL:
-                message = str(write_refused(exc.filename or "a file", exc))
-            elif exc.errno in REFUSED:
-                fix = "Choose" if exc.errno in IN_THE_WAY else "Make it accessible, or choose"
-                message = (f"cpt cannot use {exc.filename or 'a file it needs'}: {REFUSED[exc.errno]}. {fix} "
-                           "another place (--out, --cache-dir or $CPT_CACHE).")
-            else:
-                _internal_error()
-            console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except Exception:  # a bug: show everything
-            _internal_error()
+        if not dist.launched():
+            return _run(fn, args, kwargs)
+        with _rank_output() as bug_stream, ExitStack() as joined:
+            if not distributed:
+                return _run(_refuse_launch, (), kwargs, bug_stream)
+            _run(lambda **_: joined.enter_context(dist.session()), (), kwargs, bug_stream)  # cannot join: exit 2
+            try:
+                return _run(fn, args, kwargs, bug_stream)  # rank 0 prints what stopped it, then leaves the group
+            finally:
+                dist.wait_for_main()
 
     return wrapper
+
+
+def _refuse_launch(**_: Any) -> None:
+    raise CptError("This command runs in one process: start it without torchrun (cpt fit, cpt eval and cpt predict run "
+                   "under torchrun).")
+
+
+@contextmanager
+def _rank_output() -> Iterator[TextIO | None]:
+    """Ranks other than 0 print nothing; a bug's traceback still reaches their original stderr."""
+    saved = dist.quiet_other_ranks()
+    stream = os.fdopen(saved, "w") if saved is not None else None
+    try:
+        yield stream
+    finally:
+        if stream is not None:
+            stream.close()
+
+
+def _run(fn: Callable[..., Any], args: tuple, kwargs: dict, bug_stream: TextIO | None = None) -> Any:
+    setup(quiet=bool(kwargs.get("quiet")) or not dist.is_main())
+    try:
+        with stop_signals_interrupt():
+            return fn(*args, **kwargs)
+    except CptError as exc:
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt as exc:
+        how = f" by {exc.args[0]}" if isinstance(exc, Stopped) else ""
+        console.print(
+            f"[bold red]interrupted{how}:[/] nothing already written was lost. A `cpt fit` run keeps the "
+            "checkpoint of its last finished epoch: continue it with `cpt fit --resume RUN`.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(2) from None
+    except BrokenPipeError:  # the reader went away (`cpt predict ... | head`): stop quietly
+        _silence_stdout()
+        raise typer.Exit(0) from None
+    except typer.Exit:
+        raise
+    except OSError as exc:  # permissions, a read-only or full disk: the user's to fix, not a bug
+        if exc.errno in FULL:
+            message = str(write_refused(exc.filename or "a file", exc))
+        elif exc.errno in REFUSED:
+            fix = "Choose" if exc.errno in IN_THE_WAY else "Make it accessible, or choose"
+            message = (f"cpt cannot use {exc.filename or 'a file it needs'}: {REFUSED[exc.errno]}. {fix} "
+                       "another place (--out, --cache-dir or $CPT_CACHE).")
+        else:
+            _internal_error(bug_stream)
+        console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except Exception as exc:
+        if dist.peer_lost(exc):  # another process of the job stopped first: its message says why
+            console.print("[bold red]error:[/] another process of this torchrun job stopped; its message (or "
+                          "torchrun's report) says why.", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        _internal_error(bug_stream)  # a bug: show everything
 
 
 def _silence_stdout() -> None:
@@ -153,7 +195,13 @@ def _silence_stdout() -> None:
         pass
 
 
-def _internal_error() -> None:
+def _internal_error(bug_stream: TextIO | None = None) -> None:
+    """A bug: its traceback (on a quiet rank, to the stderr it had), exit 1."""
+    if bug_stream is not None:
+        bug_stream.write(f"rank {dist.rank()}: internal error (a bug in cpt): please report it with this traceback.\n")
+        traceback.print_exc(file=bug_stream)
+        bug_stream.flush()
+        raise typer.Exit(1) from None
     traceback.print_exc(file=sys.stderr)
     console.print("[bold red]internal error[/] (a bug in cpt): please report it with the traceback above.")
     raise typer.Exit(1) from None

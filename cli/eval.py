@@ -6,6 +6,7 @@ from typing import Annotated
 import typer
 from cpt_cli.app import app, command, emit_json, show_metrics
 
+from cpt import dist
 from cpt.eval.evaluate import EvalRequest, evaluate_targets
 
 
@@ -18,8 +19,10 @@ from cpt.eval.evaluate import EvalRequest, evaluate_targets
   cpt eval RN50 --data data/pets/test --template 'a photo of a {}, a type of pet.'
 
   cpt eval runs/ml-coop-0.1 runs/ml-coop-0.5 runs/ml-coop-1.0 --out runs/ml-compare
+
+  torchrun --nproc-per-node 4 -m cpt eval runs/pets-coop --data big_test_set/
 """)
-@command
+@command(distributed=True)
 def eval_cmd(
     targets: Annotated[list[str], typer.Argument(metavar="TARGET...", help="A run directory, or a backbone (name or checkpoint) for zero-shot; or several runs of any kind, each re-evaluated into its folder and compared in --out (comparison.csv, report.md, each kind's headline metric against its shots or known ratio).")],
     data: Annotated[str | None, typer.Option(help="Evaluate on this folder / CSV / split JSON instead of the run's test split.")] = None,
@@ -41,6 +44,8 @@ def eval_cmd(
         clip_cache=str(clip_cache) if clip_cache else None,
     )
     where, metrics = evaluate_targets(targets, req)
+    if not dist.is_main():  # under torchrun rank 0 reports
+        return
     if json_out:
         emit_json({"out": str(where), "metrics": metrics.to_dict(orient="records")})
     if not quiet:

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 from cpt_cli.app import command, emit_json, show_metrics
 
+from cpt import dist
 from cpt.errors import CptError
 from cpt.fit import fit
 from cpt.plan import FitRequest, OptionSpec, fit_options
@@ -30,9 +31,13 @@ EPILOG = """Examples:
   cpt fit --method scpnet --preset scpnet-coco --labels coco/annotations/instances_train2014.json --test-labels coco/annotations/instances_val2014.json
 
   cpt fit --resume runs/pets-coop
+
+  cpt fit --method coop --tasks general10 --backbone ViT-B/16 --devices 4
+
+  torchrun --nproc-per-node 4 -m cpt fit --method coop --tasks general10 --backbone ViT-B/16
 """
 RUN_FIELDS = {f.name for f in declared(FitRequest)}
-CONTROLS = ("resume", "overwrite", "json_out", "quiet")  # how this command runs, not what the run is
+CONTROLS = ("resume", "overwrite", "json_out", "quiet", "devices")  # how this command runs, not what the run is
 
 
 def _parameter(spec: OptionSpec) -> inspect.Parameter:
@@ -66,13 +71,20 @@ def _controls() -> list[inspect.Parameter]:
         opt("overwrite", bool, False, typer.Option("--overwrite", help="Replace an existing run directory.")),
         opt("json_out", bool, False, typer.Option("--json", help="Print the result as JSON on stdout.")),
         opt("quiet", bool, False, typer.Option("--quiet", help="No progress bars or info messages.")),
+        opt("devices", Optional[int], None, typer.Option(
+            help="Run on N processes of this machine, one per GPU with CUDA: cpt relaunches itself through "
+                 "torch.distributed.run (torchrun). Each takes a share of every batch and of the class prompts; the "
+                 "result is one process's, within float rounding. For several machines use torchrun directly.")),
     ]
 
 
 def run_fit(**values: Any) -> None:
     """Train (or zero-shot build) a classifier per task, then evaluate it on the test split."""
-    resume, overwrite, json_out, quiet = (values.pop(k) for k in CONTROLS)
+    resume, overwrite, json_out, quiet, devices = (values.pop(k) for k in CONTROLS)
     given = {k: v for k, v in values.items() if v is not None and v is not False}
+    if devices is not None and devices != 1:
+        _relaunch(devices, given, resume, overwrite, json_out, quiet)
+        return
     if resume is not None:
         if given:
             raise CptError(f"--resume continues {resume} with the options it was started with; drop "
@@ -82,14 +94,35 @@ def run_fit(**values: Any) -> None:
         run = {k: v for k, v in given.items() if k in RUN_FIELDS}
         req = FitRequest(**run, options={k: v for k, v in given.items() if k not in RUN_FIELDS})
         result = fit(req, overwrite=overwrite)
+    if not dist.is_main():  # under torchrun rank 0 reports
+        return
     if json_out:
         emit_json(result.summary())
     if not quiet:
         show_metrics(result.metrics, f"{result.run} (test)")
 
 
+def _relaunch(devices: int, given: dict[str, Any], resume: Path | None, overwrite: bool, json_out: bool,
+              quiet: bool) -> None:
+    """`cpt fit --devices N`: the same command in N processes started by torch.distributed.run."""
+    if devices < 1:
+        raise CptError(f"--devices {devices} must be at least 1 (the number of processes to train on).")
+    if dist.launched():
+        raise CptError("--devices starts the processes itself; under torchrun leave it out (torchrun's "
+                       "--nproc-per-node sets how many).")
+    argv = ["fit"]
+    for name, value in given.items():
+        for item in value if isinstance(value, list) else [value]:
+            argv.append(flag(name) if item is True else f"{flag(name)}={item}")  # = : a value may start with -
+    argv += ["--resume", str(resume)] if resume is not None else []
+    argv += [switch for switch, on in (("--overwrite", overwrite), ("--json", json_out), ("--quiet", quiet)) if on]
+    code = dist.launch(devices, argv)
+    if code:
+        raise typer.Exit(code)
+
+
 def fit_command() -> Callable[..., None]:
     """The `cpt fit` callback, its signature built from every declaration registered now."""
-    wrapped = command(run_fit)
+    wrapped = command(run_fit, distributed=True)
     wrapped.__signature__ = inspect.Signature([*(_parameter(s) for s in fit_options()), *_controls()])
     return wrapped

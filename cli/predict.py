@@ -9,6 +9,7 @@ from typing import Annotated, Optional, TextIO
 import typer
 from cpt_cli.app import app, command
 
+from cpt import dist
 from cpt.deploy import artifact as A
 from cpt.io import atomic_path
 from cpt.deploy.predict import check_options, list_images, predict
@@ -39,8 +40,10 @@ def _write(rows, fh: TextIO, jsonl: bool) -> int:
   cpt export runs/pets-coop --out pets.pt && cpt predict pets.pt new/*.jpg --jsonl | jq .classes
 
   cpt predict runs/coco-scpnet images/ --threshold 0.7 --out labels.csv
+
+  torchrun --nproc-per-node 4 -m cpt predict runs/pets-coop photos/ --out preds.csv
 """)
-@command
+@command(distributed=True)
 def predict_cmd(
     source: Annotated[Path, typer.Argument(help="A run directory or an exported classifier (.pt).")],
     images: Annotated[list[str], typer.Argument(help="Image files and/or folders (searched recursively).")],
@@ -56,8 +59,15 @@ def predict_cmd(
     check_options(top_k, threshold)
     if out is not None and out.is_dir():
         raise CptError(f"--out {out} is a folder; give the file to write the predictions to, e.g. {out / 'predictions.csv'}.")
-    artifact, backbone = A.load(source, device)
-    rows = predict(artifact, backbone, list_images(images), task, top_k, threshold)
+    dist.check_device(device)
+    artifact, backbone = dist.rank0_first(lambda: A.load(source, device))  # rank 0 may download the weights
+    with dist.agreed():  # a folder one rank cannot see stops them all, with its message
+        paths = list_images(images)
+    rows = predict(artifact, backbone, paths, task, top_k, threshold)
+    if not dist.is_main():  # under torchrun: encode a share of every batch; rank 0 writes
+        for _ in rows:
+            pass
+        return
     if out is None:
         _write(rows, sys.stdout, jsonl)
         return

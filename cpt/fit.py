@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from cpt import dist
 from cpt import run as R
 from cpt.console import log, log_to_file
 from cpt.core.backbone import load_backbone
@@ -31,7 +32,7 @@ from cpt.io import write_csv
 from cpt.kinds import Task
 from cpt.methods import Method, TaskData
 from cpt.plan import FitRequest, Plan, default_out, plan
-from cpt.train import train
+from cpt.train import check_splittable, train
 
 SKIPPED = "skipped.csv"
 
@@ -79,8 +80,8 @@ def training_data(p: Plan, method: Method, task: Task, cache: FeatureCache, run:
         readable = [paths[i] for i in keep.tolist()]
         views = {k: EncodedViews(cache.backbone, readable, aug) for k, aug in augmentations.items()}
     else:
-        views = {k: cache.features(paths, aug, f"{task.name}: train {k}") for k, aug in augmentations.items()}
-        plain = cache.features(paths, None, f"{task.name}: train") if "plain" in method.uses else None
+        views = {k: dist.share_features(cache, paths, aug, f"{task.name}: train {k}") for k, aug in augmentations.items()}
+        plain = dist.share_features(cache, paths, None, f"{task.name}: train") if "plain" in method.uses else None
         keep = cache.readable(paths)
         views = {k: v[keep] for k, v in views.items()}
     dim = cache.backbone.geometry["embed_dim"]
@@ -93,7 +94,7 @@ def training_data(p: Plan, method: Method, task: Task, cache: FeatureCache, run:
             val_keep = _readable_now(val_paths, cache)
             val = EncodedViews(cache.backbone, [val_paths[i] for i in val_keep.tolist()], None)
         else:
-            val = cache.features(val_paths, None, f"{task.name}: val")
+            val = dist.share_features(cache, val_paths, None, f"{task.name}: val")
             val_keep = cache.readable(val_paths)
             val = val[val_keep]
         val_targets = torch.from_numpy(p.kind.val_targets(task, p.kind_options, seed)[val_keep.numpy()]).long()
@@ -157,45 +158,60 @@ def _train_or_restore(p: Plan, method: Method, data: list[TaskData], run: Path, 
     if checkpoint and checkpoint.get("done"):
         method.load_state(checkpoint["state"])
     elif method.trains:
+        @dist.on_main  # rank 0 writes; every rank learns whether it could
         def save(state: dict) -> None:  # the checkpoint last: it is what --resume trusts
             write_csv(run / "history.csv", pd.DataFrame(state["history"]))
             R.save_checkpoint(run, R.checkpoint_payload(method, names, backbone, state, done=False))
 
         validate = val_scorer(p, method, data, headline) if selects_on_val(p) else None
         history = train(method, data, p.train, checkpoint["train_state"] if checkpoint else None, save, validate)
-        write_csv(run / "history.csv", pd.DataFrame(history))
+        if dist.is_main():
+            write_csv(run / "history.csv", pd.DataFrame(history))
     else:
         method.fit(data)
     if method.tunes_image():
         backbone.mark_image_tuned()  # test features come from the tuned encoder, under their own cache key
-    R.save_checkpoint(run, R.checkpoint_payload(method, names, backbone, None, done=True))
+    if dist.is_main():
+        R.save_checkpoint(run, R.checkpoint_payload(method, names, backbone, None, done=True))
 
 
 def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitResult:
-    """Run (or resume) a whole `cpt fit` into `req.out`."""
+    """Run (or resume) a whole `cpt fit` into `req.out`.
+
+    Under torchrun every rank runs this: each reads the inputs and loads the model, rank 0 alone
+    writes the run directory, the feature cache is filled by all ranks, and training splits each
+    batch (cpt.train); a failure found on any rank stops every rank (cpt.dist.agreed).
+    """
     t0 = time.perf_counter()
     config = checkpoint = None
-    if resume:  # every file the run resumes from is checked before anything is written
-        config = R.read_config(Path(req.out))
-        R.check_splits(Path(req.out))
-        checkpoint = R.load_checkpoint(Path(req.out))
-        req = FitRequest(**{**config["request"], "out": req.out})
-    p = plan(req)
-    run = Path(req.out or default_out(req, p))
-    restored = p.kind.restore(run, config["tasks"]) if config else None
-    if restored is not None:
-        tasks, earlier, records = restored, [], config["tasks"]
-    else:
-        tasks, earlier = p.kind.load(p.specs, p.kind_options, req.seed)
-        records = [p.kind.record(t, s, p.kind_options, req.seed) for t, s in zip(tasks, p.specs)]
-    check_val_split(p, tasks)
-    backbone = load_backbone(req.backbone, req.device, req.precision, req.clip_cache)
-    if config:  # resuming: the prompt learned so far belongs to the backbone the run started with
-        R.check_backbone(backbone, config["backbone"]["sha256"], f"the run {run}")
-    method = p.method(backbone, [t.classnames for t in tasks], p.method_config, [t.title for t in tasks])
-    if not resume:
-        run = R.prepare(run, overwrite=overwrite)
-    handler = log_to_file(run / "fit.log")
+    main = dist.is_main()
+    with dist.agreed():  # inputs are checked on every rank before any of them writes
+        if resume:  # every file the run resumes from is checked before anything is written
+            config = R.read_config(Path(req.out))
+            R.check_splits(Path(req.out))
+            checkpoint = R.load_checkpoint(Path(req.out))
+            req = FitRequest(**{**config["request"], "out": req.out})
+        p = plan(req)
+        dist.check_device(req.device)
+        if dist.world_size() > 1 and p.method.trains:
+            check_splittable(p.method)
+        run = Path(req.out or default_out(req, p))
+        restored = p.kind.restore(run, config["tasks"]) if config else None
+        if restored is not None:
+            tasks, earlier, records = restored, [], config["tasks"]
+        else:
+            tasks, earlier = p.kind.load(p.specs, p.kind_options, req.seed)
+            records = [p.kind.record(t, s, p.kind_options, req.seed) for t, s in zip(tasks, p.specs)]
+        check_val_split(p, tasks)
+    # rank 0 first: it may download the weights the others then read
+    backbone = dist.rank0_first(lambda: load_backbone(req.backbone, req.device, req.precision, req.clip_cache))
+    with dist.agreed():
+        if config:  # resuming: the prompt learned so far belongs to the backbone the run started with
+            R.check_backbone(backbone, config["backbone"]["sha256"], f"the run {run}")
+        method = p.method(backbone, [t.classnames for t in tasks], p.method_config, [t.title for t in tasks])
+        if not resume and main:
+            run = R.prepare(run, overwrite=overwrite)
+    handler = log_to_file(run / "fit.log") if main else None
     written = None  # this call's config.json, once written: its status says how the call ended
     try:
         log.info("%s run %s (method %s)", "resuming" if resume else "starting", run, req.method)
@@ -210,8 +226,12 @@ def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitRe
             "tasks": records,
             "status": "running",
         }
-        R.write_config(run, config)
-        written = config
+        if dist.world_size() > 1:
+            config["world_size"] = dist.world_size()
+        with dist.agreed():
+            if main:
+                R.write_config(run, config)
+                written = config
         cache = FeatureCache(backbone, Path(req.cache_dir) if req.cache_dir else None, req.encode_batch_size)
         if resume and (run / SKIPPED).exists():
             earlier = [Skipped(**r) for r in pd.read_csv(run / SKIPPED, dtype=str, keep_default_na=False).to_dict("records")]
@@ -219,13 +239,19 @@ def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitRe
         # the test features now, so skipped.csv is complete before training (a tuned encoder's come after it)
         tests = None if method.tunes_image() else split_features(tasks, cache)
         skipped = _skipped(tasks, cache.stats.failed, earlier)
-        write_csv(run / SKIPPED, skipped)
-        for s in skipped.itertuples():
-            log.warning("skipped %s (%s): %s", s.path, s.task, s.reason)
-        p.kind.save(run, tasks, cache.stats.failed)
+        with dist.agreed():  # rank 0 writes; every rank learns whether it could
+            if main:
+                write_csv(run / SKIPPED, skipped)
+                for s in skipped.itertuples():
+                    log.warning("skipped %s (%s): %s", s.path, s.task, s.reason)
+                p.kind.save(run, tasks, cache.stats.failed)
         names = [t.name for t in tasks]
         headline = {r["name"]: r.get("metric", "accuracy") for r in records}
         _train_or_restore(p, method, data, run, checkpoint, backbone, names, headline)
+        # no collective from here on: the other ranks are done, rank 0 evaluates and writes
+        if not main:
+            return FitResult(run, pd.DataFrame(), cache.stats.encoded, cache.stats.cached, len(skipped),
+                             time.perf_counter() - t0)
         config["selected"] = selected_epoch(run)
         evaluation = p.kind.evaluate(score(tasks, method.classifiers(), cache, features=tests), "test", headline)
         p.kind.write(run, f"cpt fit: {req.method} on {', '.join(names)}", evaluation, details(config))
@@ -237,14 +263,15 @@ def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitRe
         return FitResult(run, evaluation.metrics, cache.stats.encoded, cache.stats.cached, len(skipped),
                          time.perf_counter() - t0)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGHUP raised as one by the CLI
-        handler.handle(log.makeRecord(log.name, logging.WARNING, __file__, 0, "interrupted (%s): `cpt fit --resume %s` "
-                                      "continues from the last checkpoint", (str(exc) or "SIGINT", run), None))
+        if handler is not None:
+            handler.handle(log.makeRecord(log.name, logging.WARNING, __file__, 0, "interrupted (%s): `cpt fit --resume "
+                                          "%s` continues from the last checkpoint", (str(exc) or "SIGINT", run), None))
         R.mark_status(run, written, "interrupted")
         raise
     except BaseException as exc:
         R.mark_status(run, written, "failed", f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        log.removeHandler(handler)
-        handler.close()
-
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()

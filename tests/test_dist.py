@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from cpt.kinds import KINDS
 from cpt.methods import build_method
 from cpt.methods.base import TaskData
 from cpt.train import TrainConfig, train
-from tests.conftest import TINY_VIT, make_clip
+from tests.conftest import TINY_VIT, cli, fit_json, make_clip
 
 NAMES = ["dog", "red sports car", "x", "sea lion of the north", "owl"]  # 5 classes: 2 ranks encode 3 + 2 (padded)
 TIMEOUT = 240  # seconds a group of processes may take before the test fails instead of hanging
@@ -139,8 +140,21 @@ def _refused(clip: Path) -> str:
     return "trained"
 
 
-def _train_every_method(clip: Path) -> tuple[list[tuple[dict, list[dict]]], str]:
-    return [_train(clip, *case) for case in TRAINED], _refused(clip) if dist.world_size() > 1 else ""
+def _disagreement() -> str:
+    """What each rank raises when a check fails on rank 1 only (a path only one machine lacks)."""
+    try:
+        with dist.agreed():
+            if dist.rank() == 1:
+                raise CptError("/data/pets does not exist")
+    except CptError as exc:
+        return str(exc)
+    return "went on"
+
+
+def _train_every_method(clip: Path) -> tuple[list[tuple[dict, list[dict]]], str, str]:
+    if dist.world_size() == 1:
+        return [_train(clip, *case) for case in TRAINED], "", ""
+    return [_train(clip, *case) for case in TRAINED], _refused(clip), _disagreement()
 
 
 def test_two_ranks_train_as_one_process(tiny_clip, tmp_path):
@@ -155,3 +169,139 @@ def test_two_ranks_train_as_one_process(tiny_clip, tmp_path):
         pd.testing.assert_frame_equal(pd.DataFrame(trained[0][1]), pd.DataFrame(history), rtol=1e-5)
         assert trained[0][1] == trained[1][1], case
     assert all(r[1].startswith("--method scpnet trains in one process") for r in ranks), [r[1] for r in ranks]
+    # a check failing on one rank stops both: rank 0 says which rank and why, rank 1 has its own error
+    assert [r[2] for r in ranks] == ["rank 1 of 2: /data/pets does not exist", "/data/pets does not exist"]
+
+
+# --- the CLI under torchrun (real processes) ----------------------------------------------------------------
+
+FIT = ["--method", "coop", "--shots", "4", "--epochs", "3", "--n-ctx", "4", "--batch-size", "4"]
+
+
+def torchrun(*args: Any, cwd: Path, logs: Path | None = None, timeout: int = TIMEOUT) -> subprocess.CompletedProcess:
+    """`python -m torch.distributed.run --nproc-per-node 2 -m cpt ARGS` (each rank's output in `logs`, if given)."""
+    redirect = ["--redirects", "3", "--log-dir", str(logs)] if logs else []
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", *redirect, "-m",
+                           "cpt", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def rank_output(logs: Path, rank: int) -> tuple[str, str]:
+    """(stdout, stderr) rank `rank` printed under `torchrun --redirects 3 --log-dir logs`."""
+    folder = next(logs.glob(f"*/attempt_0/{rank}"))
+    return (folder / "stdout.log").read_text(), (folder / "stderr.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def one_process(tiny_clip, colours, tmp_path_factory) -> tuple[Path, dict]:
+    """The reference: the fit in one process (its own empty feature cache)."""
+    root = tmp_path_factory.mktemp("one")
+    with pytest.MonkeyPatch.context() as mp_env:
+        mp_env.chdir(root)
+        summary = fit_json(*FIT, "--tasks", f"colours={colours}", "--backbone", tiny_clip, "--out", root / "run",
+                           "--cache-dir", root / "cache")
+    return root / "run", summary
+
+
+def same_run(run: Path, reference: Path) -> None:
+    """The metrics, predictions and files of one process; losses and context within float rounding."""
+    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in reference.iterdir())
+    for name in ("metrics.csv", "per_class.csv", "predictions.csv", "splits.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(run / name), pd.read_csv(reference / name), rtol=1e-5)
+    pd.testing.assert_frame_equal(pd.read_csv(run / "history.csv").drop(columns="time_s"),
+                                  pd.read_csv(reference / "history.csv").drop(columns="time_s"), rtol=1e-5)
+    ctx, ref = (torch.load(r / "checkpoint.pt", weights_only=False)["state"]["ctx.0"] for r in (run, reference))
+    torch.testing.assert_close(ctx, ref, rtol=0, atol=1e-5 * float(ref.abs().max()))
+
+
+@pytest.mark.slow
+def test_torchrun_fit_is_the_one_process_fit_written_by_rank_0_alone(one_process, tiny_clip, colours, tmp_path):
+    reference, summary = one_process
+    logs = tmp_path / "logs"
+    done = torchrun("fit", *FIT, "--tasks", f"colours={colours}", "--backbone", tiny_clip, "--out", "run",
+                    "--cache-dir", "cache", "--json", cwd=tmp_path, logs=logs)
+    assert done.returncode == 0, done.stderr
+    same_run(tmp_path / "run", reference)
+    out, err = rank_output(logs, 0)
+    result = json.loads(out)
+    assert result["metrics"] == summary["metrics"]
+    # the feature cache was filled by both ranks, and counted as one process counts it
+    assert (result["images_encoded"], result["images_from_cache"]) == (summary["images_encoded"],
+                                                                        summary["images_from_cache"])
+    assert "starting run" in err  # rank 0 logs (not --quiet) ...
+    assert rank_output(logs, 1) == ("", "")  # ... rank 1 prints nothing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "logs", "run"]  # and writes nowhere else
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_devices_relaunches_through_torchrun_and_errors_end_once(one_process, tiny_clip, colours, tmp_path):
+    reference, summary = one_process
+    args = [sys.executable, "-m", "cpt", "fit", *FIT, "--tasks", f"colours={colours}", "--backbone", str(tiny_clip),
+            "--out", "run", "--devices", "2", "--json", "--quiet"]
+    done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["metrics"] == summary["metrics"]  # printed once, by rank 0
+    same_run(tmp_path / "run", reference)
+    # the run exists now: every rank refuses, rank 0 says so once, the exit code is the CLI's
+    again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT)
+    assert again.returncode == 2 and again.stdout == ""
+    assert again.stderr.count("error:") == 1 and "already exists" in again.stderr, again.stderr
+    assert "Traceback" not in again.stderr and "ChildFailedError" not in again.stderr
+
+
+@pytest.mark.slow
+def test_eval_and_predict_under_torchrun_give_one_process_outputs(one_process, colours, tmp_path):
+    """Each rank encodes a share of the images (fresh caches, so they really are encoded); rank 0 writes."""
+    run, _ = one_process
+    code, _, err = cli("eval", run, "--data", colours / "test", "--out", tmp_path / "one", "--cache-dir",
+                       tmp_path / "cache-one", "--quiet")
+    assert code == 0, err
+    logs = tmp_path / "logs"
+    done = torchrun("eval", run, "--data", colours / "test", "--out", "two", "--cache-dir", "cache-two",
+                    cwd=tmp_path, logs=logs)
+    assert done.returncode == 0, done.stderr
+    for name in ("metrics.csv", "per_class.csv", "predictions.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "two" / name), pd.read_csv(tmp_path / "one" / name),
+                                      rtol=1e-5)
+    assert rank_output(logs, 1) == ("", "")
+
+    code, _, err = cli("predict", run, colours / "test", "--top-k", "2", "--out", tmp_path / "one.csv")
+    assert code == 0, err
+    done = torchrun("predict", run, colours / "test", "--top-k", "2", "--out", "two.csv", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "two.csv"), pd.read_csv(tmp_path / "one.csv"), rtol=1e-5)
+    done = torchrun("predict", run, tmp_path / "nowhere", cwd=tmp_path)  # a bad input: rank 0's message, exit 2
+    assert done.returncode != 0 and done.stderr.count("error:") == 1 and "does not exist" in done.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_rank_and_keeps_the_checkpoint(tiny_clip, colours, tmp_path):
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "cpt", "fit", *FIT[:4],
+            "--epochs", "500", "--batch-size", "2", "--tasks", f"colours={colours}", "--backbone", str(tiny_clip),
+            "--out", "run"]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (tmp_path / "run" / "checkpoint.pt").exists() and proc.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint yet"
+            time.sleep(0.2)
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends torchrun, which passes it on to every rank
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert err.count("interrupted: nothing already written was lost") == 1, err  # rank 0's message only
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["status"] == "interrupted"
+    finished = len(pd.read_csv(tmp_path / "run" / "history.csv"))
+    assert 1 <= finished < 500
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert checkpoint["train_state"]["epoch"] == finished and not checkpoint["done"]
+
+
+@pytest.mark.slow
+def test_commands_that_run_in_one_process_refuse_torchrun(tmp_path):
+    done = torchrun("data", cwd=tmp_path)
+    assert done.returncode != 0 and done.stderr.count("error: This command runs in one process") == 1

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 
+from cpt import dist
 from cpt.deploy.artifact import Artifact
 from cpt.core.backbone import Backbone
 from cpt.console import log
@@ -56,7 +57,8 @@ def check_options(top_k: int, threshold: float) -> None:
 
 def predict(artifact: Artifact, backbone: Backbone, images: list[Path], task: str | None = None, top_k: int = 1,
             threshold: float = 0.5, batch: int = 256, cache: FeatureCache | None = None) -> Iterator[Prediction]:
-    """Predictions for `images`, batch by batch, so output can stream (options checked at once)."""
+    """Predictions for `images`, batch by batch, so output can stream (options checked at once).
+    Under torchrun every rank encodes a share of each batch and yields every prediction."""
     check_options(top_k, threshold)
     tasks = artifact.task_index(task)
     return _predict(artifact, backbone, images, tasks, top_k, threshold, batch, cache)
@@ -69,7 +71,7 @@ def _predict(artifact: Artifact, backbone: Backbone, images: list[Path], tasks: 
     for start in range(0, len(images), batch):
         chunk = images[start : start + batch]
         before = set(cache.stats.failed)
-        feats = cache.features(chunk, None, "Predicting")
+        feats = dist.share_features(cache, chunk, None, "Predicting")  # under torchrun: a share per rank
         for path in set(cache.stats.failed) - before:
             log.warning("skipped %s: %s", path, cache.stats.failed[path])
         ok = cache.readable(chunk).tolist()

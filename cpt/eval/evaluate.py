@@ -13,16 +13,17 @@ from pathlib import Path
 import pandas as pd
 from torch import Tensor
 
+from cpt import dist
 from cpt import run as R
 from cpt.console import log
-from cpt.core.backbone import load_backbone
+from cpt.core.backbone import Backbone, load_backbone
 from cpt.data.features import FeatureCache
 from cpt.errors import CptError
 from cpt.eval.metrics import TaskPredictions
 from cpt.eval.report import write_comparison_report
 from cpt.io import write_csv
-from cpt.kinds import KINDS, Task, kind
-from cpt.methods import Classifier, build_method
+from cpt.kinds import KINDS, Task, TaskKind, kind
+from cpt.methods import Classifier, Method, build_method
 
 COMPARISON_COLUMNS = ["run", "label", "method", "kind", "shots", "known_ratio", "seed", "task", "metric", "value"]
 
@@ -33,7 +34,7 @@ def split_features(tasks: list[Task], cache: FeatureCache, split: str = "test") 
     out = []
     for task in tasks:
         paths = task.paths(split)
-        feats = cache.features(paths, None, f"{task.name}: {split}")
+        feats = dist.share_features(cache, paths, None, f"{task.name}: {split}")
         keep = cache.readable(paths)
         if not len(keep):
             raise CptError(f"Task {task.name!r} has no readable {split} image (see skipped.csv).")
@@ -85,8 +86,22 @@ class EvalRequest:
     seed: int = 1
 
 
-def evaluate_target(req: EvalRequest) -> tuple[Path, pd.DataFrame]:
-    """Evaluate a run (its test split or `--data`) or a backbone zero-shot on `--data`."""
+@dataclass
+class _Target:
+    """What `cpt eval` scores: a run's (or a backbone's zero-shot) classifiers on some tasks."""
+
+    kind: TaskKind
+    tasks: list[Task]
+    index: list[int]  # each task's classifier among the method's
+    method: Method
+    backbone: Backbone
+    headline: dict[str, str] | None
+    info: dict[str, str]
+    cache_dir: str | None
+
+
+def _target(req: EvalRequest) -> _Target:
+    """Load the run (or backbone) and the tasks of `req`, or say what is wrong with them."""
     target = Path(req.target)
     overrides = {"template": req.templates} if req.templates else None
     if (target / R.CONFIG).exists():
@@ -106,24 +121,37 @@ def evaluate_target(req: EvalRequest) -> tuple[Path, pd.DataFrame]:
             tasks, index = [task_kind.external(req.data, chosen, req.seed, records[i]["classnames"])], [i]
         headline = {t["name"]: t.get("metric", "accuracy") for t in records}
         info = {**details(config), "target": req.target, "data": req.data or "the run's test split"}
-    elif req.data is None:
+        return _Target(task_kind, tasks, index, method, backbone, headline, info, cache_dir)
+    if req.data is None:
         raise CptError(f"{req.target} is not a run directory (no {R.CONFIG}). To evaluate a backbone zero-shot, "
                        "also pass --data FOLDER.")
-    else:
-        backbone = load_backbone(req.target, req.device or "auto", req.precision or "fp32", req.clip_cache)
-        task_kind, headline, cache_dir = KINDS["single-label"], None, req.cache_dir
-        tasks, index = [task_kind.external(req.data, Path(req.data).stem or "data", req.seed, None)], [0]
-        method = build_method("zeroshot", backbone, [tasks[0].classnames], overrides or {})
-        info = {"method": "zeroshot", "backbone": req.target, "data": req.data}
-    classifiers = method.classifiers()
-    cache = FeatureCache(backbone, Path(cache_dir) if cache_dir else None)
-    scored = score(tasks, [classifiers[i] for i in index], cache)
+    backbone = load_backbone(req.target, req.device or "auto", req.precision or "fp32", req.clip_cache)
+    tasks = [KINDS["single-label"].external(req.data, Path(req.data).stem or "data", req.seed, None)]
+    method = build_method("zeroshot", backbone, [tasks[0].classnames], overrides or {})
+    info = {"method": "zeroshot", "backbone": req.target, "data": req.data}
+    return _Target(KINDS["single-label"], tasks, [0], method, backbone, None, info, req.cache_dir)
+
+
+def evaluate_target(req: EvalRequest) -> tuple[Path, pd.DataFrame]:
+    """Evaluate a run (its test split or `--data`) or a backbone zero-shot on `--data`.
+
+    Under torchrun every rank encodes a share of the images (rank 0 first loads the model, which
+    it may download); rank 0 alone scores them and writes (the others return no metrics).
+    """
+    dist.check_device(req.device or "auto")
+    t = dist.rank0_first(lambda: _target(req))
+    cache = FeatureCache(t.backbone, Path(t.cache_dir) if t.cache_dir else None)
+    features = split_features(t.tasks, cache)
+    out = Path(req.out) if req.out else (Path(req.target) if req.data is None else _default_out(req))
+    if not dist.is_main():
+        return out, pd.DataFrame()
+    classifiers = t.method.classifiers()
+    scored = score(t.tasks, [classifiers[i] for i in t.index], cache, features=features)
     for path, reason in cache.stats.failed.items():
         log.warning("skipped %s: %s", path, reason)
-    out = Path(req.out) if req.out else (target if req.data is None else _default_out(req))
     out.mkdir(parents=True, exist_ok=True)
-    evaluation = task_kind.evaluate(scored, "test", headline)
-    task_kind.write(out, f"cpt eval: {req.target}", evaluation, info)
+    evaluation = t.kind.evaluate(scored, "test", t.headline)
+    t.kind.write(out, f"cpt eval: {req.target}", evaluation, t.info)
     return out, evaluation.metrics
 
 
@@ -152,9 +180,12 @@ def evaluate_targets(targets: list[str], req: EvalRequest) -> tuple[Path, pd.Dat
     metrics, rows = [], []
     for run, config in zip(targets, configs):
         _, m = evaluate_target(replace(req, target=run, out=None))
-        rows.append(comparison_rows(run, config, m))
-        metrics.append(m.assign(task=run + ": " + m["task"]))
+        if dist.is_main():
+            rows.append(comparison_rows(run, config, m))
+            metrics.append(m.assign(task=run + ": " + m["task"]))
     out = Path(req.out)
+    if not dist.is_main():
+        return out, pd.DataFrame()
     comparison = pd.concat(rows, ignore_index=True)
     write_csv(out / "comparison.csv", comparison)
     write_comparison_report(out, f"cpt eval: {len(targets)} runs", comparison, {k.name: k.axis for k in KINDS.values()})
