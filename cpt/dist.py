@@ -168,14 +168,15 @@ def on_main(fn: Callable[..., T]) -> Callable[..., T | None]:
 
 
 def my_share(n: int) -> Tensor:
-    """Positions 0..n-1 this rank takes: every world-th, from its rank (all of them alone)."""
+    """Positions 0..n-1 this rank takes: every world-th, from its rank (all of them alone), as
+    `FeatureCache.fill(part=(rank, world))` does."""
     return torch.arange(rank(), n, world_size())
 
 
 def share_features(cache: Any, paths: Sequence[Any], aug: Any, label: str) -> Tensor:
-    """`cache.features(paths, aug)`, the missing entries encoded by all ranks: each encodes its
-    share into the cache (which all ranks must see: one machine, or a shared --cache-dir), they
-    agree, and every rank reads them all — the features one process gets.
+    """`cache.features(paths, aug)` (a cpt.data.features.FeatureCache), the missing entries encoded by
+    all ranks: each fills its share of the store (`cache.fill`, which all ranks must see: one machine,
+    or a shared --cache-dir), they agree, and every rank reads them all — the features one process gets.
 
     The cache's counts (`stats.encoded`, `stats.cached`) end on rank 0 as one process's would
     be: every image looked up once, by the rank whose share it is.
@@ -185,7 +186,7 @@ def share_features(cache: Any, paths: Sequence[Any], aug: Any, label: str) -> Te
     stats = cache.stats
     encoded, cached = stats.encoded, stats.cached
     with agreed():
-        cache.features([paths[i] for i in my_share(len(paths)).tolist()], aug, label)
+        cache.fill(paths, aug, part=(rank(), world_size()), label=label)
     job = all_sum([stats.encoded - encoded, stats.cached - cached])
     filled = stats.encoded
     features = cache.features(paths, aug, label)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from cpt import dist
 from cpt.core.backbone import load_backbone
 from cpt.core.prompt import ClassPrompts, PromptConfig, init_context
+from cpt.data.features import AugmentSpec, FeatureCache
 from cpt.errors import CptError
 from cpt.kinds import KINDS
 from cpt.methods import build_method
@@ -103,6 +104,34 @@ def test_class_sharded_encoding_gives_the_logits_and_gradients_of_one_process(tm
         assert torch.equal(sharded[0][1], sharded[1][1]), case  # every rank takes the same step
 
 
+# --- sharded feature extraction -------------------------------------------------------------------------------
+
+def _extract(clip: Path, paths: list[Path], root: Path) -> tuple[list[torch.Tensor], int, int, dict, int]:
+    """Eval and augmented features of `paths` into an empty cache at `root`: (features, encoded, cached,
+    failed, images this rank encoded itself)."""
+    cache = FeatureCache(load_backbone(str(clip), "cpu"), root, batch_size=5)
+    out = [dist.share_features(cache, paths, aug, "test") for aug in (None, AugmentSpec(views=2))]
+    mine = FeatureCache(cache.backbone, root)  # a second pass finds everything in the store
+    mine.features(paths)
+    return out, cache.stats.encoded, cache.stats.cached, cache.stats.failed, mine.stats.encoded
+
+
+def test_sharded_extraction_yields_the_features_of_one_process(tiny_clip, colours, tmp_path):
+    paths = sorted((colours / "train").rglob("*.png"))[:13]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    paths.insert(5, broken)
+    alone = _extract(tiny_clip, paths, tmp_path / "one")
+    ranks = spawn(_extract, 2, tmp_path, tiny_clip, paths, tmp_path / "two")
+    for rank, (features, encoded, cached, failed, again) in enumerate(ranks):
+        for mine, one in zip(features, alone[0]):  # the same rows (NaN for the broken file) on every rank
+            torch.testing.assert_close(mine, one, rtol=0, atol=1e-5 * float(one.nan_to_num().abs().max()), equal_nan=True)
+        assert failed.keys() == {str(broken)} and again == 0
+        # counted as one process counts it, on rank 0: every image encoded once, by one of the ranks
+        assert (encoded, cached) == ((alone[1], alone[2]) if rank == 0 else (0, 0))
+    assert alone[1] == 2 * 13
+
+
 # --- the training loop ----------------------------------------------------------------------------------------
 
 def _synthetic(n: int, classes: list[str], seed: int) -> TaskData:
@@ -118,7 +147,7 @@ def _train(clip: Path, method: str, options: dict, train_options: dict) -> tuple
     tasks = [NAMES, ["cat", "blue bus", "heron"]]
     m = build_method(method, backbone, tasks, options, ["animal", "vehicle"])
     data = [_synthetic(11, tasks[0], 0), _synthetic(7, tasks[1], 1)]
-    cfg = TrainConfig(epochs=3, batch_size=5, lr=0.05, warmup_epochs=0, seed=3, **train_options)
+    cfg = TrainConfig(epochs=2, batch_size=5, lr=0.05, warmup_epochs=0, seed=3, **train_options)
     validate = (lambda: float(m.classifiers()[0].logits(data[0].val).max())) if cfg.select == "val" else None
     history = train(m, data, cfg, validate=validate)
     return m.state(), [{k: v for k, v in row.items() if k != "time_s"} for row in history]
