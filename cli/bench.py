@@ -6,21 +6,21 @@ import typer
 from cpt_cli.app import app, command, emit_json
 from rich.table import Table
 
-from cpt.bench.prompt import GEOMETRIES, as_dicts, machine, run_bench
+from cpt.bench.prompt import GEOMETRIES, as_dicts, machine, rank_threads, run_bench, run_rank_bench
 from cpt.bench.scpnet import run_scpnet_bench
 from cpt.bench.store import run_store_bench
 from cpt.console import console
 from cpt.errors import CptError
 
 
-def _counts(text: str) -> list[int]:
-    """--classes as whole numbers, each at least 1."""
+def _counts(text: str, option: str = "--classes", what: str = "class counts", example: str = "10,100,1191") -> list[int]:
+    """A comma-separated option (--classes, --ranks) as whole numbers, each at least 1."""
     try:
         counts = [int(c) for c in text.split(",") if c.strip()]
     except ValueError:
         counts = []
     if not counts or min(counts) < 1:
-        raise CptError(f"--classes takes comma-separated class counts of at least 1, e.g. 10,100,1191 (got {text!r}).")
+        raise CptError(f"{option} takes comma-separated {what} of at least 1, e.g. {example} (got {text!r}).")
     return counts
 
 
@@ -33,6 +33,10 @@ def _counts(text: str) -> list[int]:
   cpt bench --scpnet                         # feature cache images/s and bytes, SCPNet step for 20 / 80 / 1,000 classes
 
   cpt bench --store                          # 100,000 cached entries: the feature store against one .npy per image
+
+  cpt bench --ranks 1,2                      # class-sharded step on 1 and 2 processes, tiny CLIP, 1,191 / 5,000 classes
+
+  cpt bench --ranks 1,2,4,8 --geometry vit-b16 --device cuda
 """)
 @command
 def bench_cmd(
@@ -41,6 +45,7 @@ def bench_cmd(
     scpnet: Annotated[bool, typer.Option(help="SCPNet's figures instead: feature extraction images/s, cache bytes per image, training step on cached features.")] = False,
     store: Annotated[bool, typer.Option(help="The feature store's figures instead: files, bytes, write and cache-hit read seconds of --entries entries, against one .npy file per image.")] = False,
     entries: Annotated[int, typer.Option(help="With --store: entries (random tiny-CLIP features, dim 32) to write and read.")] = 100_000,
+    ranks: Annotated[Optional[str], typer.Option(help="Comma-separated process counts: the optimised step with class-sharded text encoding on each (processes of this machine sharing its threads, gloo; one GPU each with CUDA), step time and peak memory per rank [default classes: 1191,5000; geometry: tiny].")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     precision: Annotated[str, typer.Option(help="fp32, fp16 or bf16 for the frozen CLIP.")] = "fp32",
     repeats: Annotated[int, typer.Option(help="Timed steps per path (median reported), after one warm-up.")] = 5,
@@ -51,6 +56,10 @@ def bench_cmd(
     """Time the optimised training step against a naive CoOp loop (full context, images re-encoded)."""
     if store:
         _store(entries, json_out, quiet)
+        return
+    if ranks is not None:
+        _ranks(_counts(ranks, "--ranks", "process counts", "1,2"), list(geometry or ["tiny"]),
+               _counts(classes or "1191,5000"), device, precision, repeats, n_ctx, json_out, quiet)
         return
     counts = _counts(classes or ("20,80,1000" if scpnet else "10,100,1191,5000"))
     if scpnet:
@@ -105,4 +114,23 @@ def _store(entries: int, json_out: bool, quiet: bool) -> None:
     for r in rows:
         table.add_row(r.layout, f"{r.files:,}", f"{r.bytes / 1e6:.1f}", f"{r.disk_bytes / 1e6:.1f}", f"{r.write_s:.2f}",
                       f"{r.read_s:.3f}", f"{r.read_speedup:.1f}")
+    console.print(table)
+
+
+def _ranks(ranks: list[int], geometries: list[str], counts: list[int], device: str, precision: str, repeats: int,
+           n_ctx: int, json_out: bool, quiet: bool) -> None:
+    rows = run_rank_bench(geometries, counts, ranks, device, precision, repeats, n_ctx)
+    where = machine()
+    if json_out:
+        emit_json({"machine": where, "precision": precision, "n_ctx": n_ctx, "threads_per_rank": rank_threads(ranks),
+                   "rows": as_dicts(rows)})
+    if quiet:
+        return
+    table = Table(title=f"class-sharded step on {where} ({precision}, batch 32, {rank_threads(ranks)} thread(s) per "
+                        f"rank); MB per rank: activations (CPU) / max allocated (CUDA); x: against {ranks[0]} rank(s)")
+    for col in ("model", "classes", "ranks", "ms/step", "steps/s", "MB/rank", "x time", "x mem", "Δlogit"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(r.geometry, str(r.classes), str(r.ranks), f"{r.step_ms:.1f}", f"{r.steps_per_s:.1f}",
+                      f"{r.peak_mb:.0f}", f"{r.speedup:.2f}", f"{r.memory_ratio:.2f}", f"{r.max_logit_diff:.0e}")
     console.print(table)

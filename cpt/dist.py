@@ -310,6 +310,46 @@ def wait_for_main() -> None:
         pass
 
 
+def spawn(fn: Callable[..., T], world: int, *args: Any, threads: int | None = None,
+          timeout: float | None = None) -> list[T]:
+    """`fn(*args)` in `world` new processes of this machine joined as ranks 0..world-1, each with
+    `threads` threads (default: its share of this process's); every rank's return value, in rank
+    order. For `cpt bench --ranks` and tests: real jobs are started by torchrun. `fn` must be
+    importable (module level)."""
+    import socket
+    import tempfile
+    import time
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    threads = threads or max(1, torch.get_num_threads() // world)
+    with tempfile.TemporaryDirectory() as out:
+        context = mp.start_processes(_spawned, args=(world, port, threads, out, fn, args), nprocs=world, join=False,
+                                     start_method="spawn")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while not context.join(timeout=1):
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"{world} ranks of {fn.__name__} still running after {timeout:g} s")
+        finally:
+            for process in context.processes:
+                if process.is_alive():
+                    process.kill()
+        return [torch.load(os.path.join(out, f"{r}.pt"), weights_only=False) for r in range(world)]
+
+
+def _spawned(rank_: int, world: int, port: int, threads: int, out: str, fn: Callable[..., Any], args: tuple) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank_), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank_), LOCAL_WORLD_SIZE=str(world))
+    torch.set_num_threads(threads)
+    with session():
+        result = fn(*args)
+    torch.save(result, os.path.join(out, f"{rank_}.pt"))
+
+
 def quiet_other_ranks() -> int | None:
     """On ranks other than 0, send stdout and stderr (Python's and the C++ libraries') to the
     null device; returns a descriptor of the original stderr, for a bug's traceback."""

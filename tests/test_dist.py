@@ -4,9 +4,7 @@ the real CLI under torchrun — every result compared with one process's."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +14,6 @@ from typing import Any, Callable
 import pandas as pd
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from cpt import dist
@@ -34,35 +31,14 @@ NAMES = ["dog", "red sports car", "x", "sea lion of the north", "owl"]  # 5 clas
 TIMEOUT = 240  # seconds a group of processes may take before the test fails instead of hanging
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def spawn(fn: Callable[..., Any], world: int, *args: Any) -> list[Any]:
+    """`fn(*args)` in `world` fresh processes joined by gloo (one thread each); each rank's return value."""
+    return dist.spawn(_one_thread, world, fn, args, timeout=TIMEOUT)
 
 
-def _rank_main(rank: int, world: int, port: int, out: Path, fn: Callable[..., Any], args: tuple) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+def _one_thread(fn: Callable[..., Any], args: tuple) -> Any:
     torch.set_num_threads(1)
-    with dist.session(timeout_s=TIMEOUT):
-        result = fn(*args)
-    torch.save(result, out / f"{rank}.pt")
-
-
-def spawn(fn: Callable[..., Any], world: int, tmp: Path, *args: Any) -> list[Any]:
-    """`fn(*args)` in `world` fresh processes joined by gloo; each rank's return value, in rank order."""
-    context = mp.start_processes(_rank_main, args=(world, _free_port(), tmp, fn, args), nprocs=world, join=False,
-                                 start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT
-    try:
-        while not context.join(timeout=1):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{world} ranks still running after {TIMEOUT} s")
-    finally:
-        for p in context.processes:
-            if p.is_alive():
-                p.kill()
-    return [torch.load(tmp / f"{r}.pt", weights_only=False) for r in range(world)]
+    return fn(*args)
 
 
 # --- class-sharded text encoding ------------------------------------------------------------------------------
@@ -95,8 +71,8 @@ def _every_case() -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [_logits_and_grad(*case) for case in CASES]
 
 
-def test_class_sharded_encoding_gives_the_logits_and_gradients_of_one_process(tmp_path):
-    ranks = spawn(_every_case, 2, tmp_path)  # one group of processes for every case: each start costs seconds
+def test_class_sharded_encoding_gives_the_logits_and_gradients_of_one_process():
+    ranks = spawn(_every_case, 2)  # one group of processes for every case: each start costs seconds
     for case, alone, *sharded in zip(CASES, _every_case(), *ranks):
         for logits, grad in sharded:  # within 1e-5 of the largest value: float rounding of sums in another order
             torch.testing.assert_close(logits, alone[0], rtol=0, atol=1e-5 * float(alone[0].abs().max()), msg=str(case))
@@ -122,7 +98,7 @@ def test_sharded_extraction_yields_the_features_of_one_process(tiny_clip, colour
     broken.write_bytes(b"not an image")
     paths.insert(5, broken)
     alone = _extract(tiny_clip, paths, tmp_path / "one")
-    ranks = spawn(_extract, 2, tmp_path, tiny_clip, paths, tmp_path / "two")
+    ranks = spawn(_extract, 2, tiny_clip, paths, tmp_path / "two")
     for rank, (features, encoded, cached, failed, again) in enumerate(ranks):
         for mine, one in zip(features, alone[0]):  # the same rows (NaN for the broken file) on every rank
             torch.testing.assert_close(mine, one, rtol=0, atol=1e-5 * float(one.nan_to_num().abs().max()), equal_nan=True)
@@ -186,10 +162,10 @@ def _train_every_method(clip: Path) -> tuple[list[tuple[dict, list[dict]]], str,
     return [_train(clip, *case) for case in TRAINED], _refused(clip), _disagreement()
 
 
-def test_two_ranks_train_as_one_process(tiny_clip, tmp_path):
+def test_two_ranks_train_as_one_process(tiny_clip):
     """Same global batch and seed: the learned tensors and the losses of one process, within float
     rounding, and bit-identical on both ranks; a method whose loss is not a sum over images is refused."""
-    ranks = spawn(_train_every_method, 2, tmp_path, tiny_clip)
+    ranks = spawn(_train_every_method, 2, tiny_clip)
     for case, (state, history), *trained in zip(TRAINED, _train_every_method(tiny_clip)[0], *(r[0] for r in ranks)):
         for key, value in state.items():
             atol = 1e-5 * float(value.abs().max())
@@ -334,3 +310,17 @@ def test_ctrl_c_stops_every_rank_and_keeps_the_checkpoint(tiny_clip, colours, tm
 def test_commands_that_run_in_one_process_refuse_torchrun(tmp_path):
     done = torchrun("data", cwd=tmp_path)
     assert done.returncode != 0 and done.stderr.count("error: This command runs in one process") == 1
+
+
+@pytest.mark.slow
+def test_bench_ranks_shards_the_class_prompts_on_identical_logits():
+    code, out, err = cli("bench", "--ranks", "1,2", "--classes", "7,40", "--repeats", "1", "--device", "cpu", "--json",
+                         "--quiet")
+    assert code == 0, err
+    rows = json.loads(out)["rows"]
+    assert [(r["classes"], r["ranks"]) for r in rows] == [(7, 1), (7, 2), (40, 1), (40, 2)]
+    assert all(r["max_logit_diff"] < 1e-5 and r["step_ms"] > 0 for r in rows)
+    # each rank keeps the activations of its 20 of the 40 class prompts: about half the memory of one
+    assert rows[3]["memory_ratio"] == pytest.approx(rows[2]["peak_mb"] / rows[3]["peak_mb"]) and rows[3]["memory_ratio"] > 1.6
+    code, _, err = cli("bench", "--ranks", "0,2")
+    assert code == 2 and "--ranks" in err

@@ -8,6 +8,9 @@ optimised  cached image features, and class prompts encoded once per shared pref
 Both compute the same logits (the largest difference is reported) and one SGD step on the
 context. Reported per (geometry, classes): median step time, steps/s, peak memory (max
 allocated on CUDA; on CPU the activations saved for backward) and naive/optimised.
+
+With `--ranks`, the optimised step instead runs on several processes with class-sharded text
+encoding (cpt.dist): per rank count, the slowest rank's step and the largest rank's memory.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from clip.model import CLIP
 
+from cpt import dist
 from cpt.core.backbone import cast_weights, load_backbone, resolve_device
 from cpt.errors import CptError
 from cpt.core.prompt import ClassPrompts, PromptConfig, init_context
@@ -150,13 +154,17 @@ def bench_one(geometry: str, n_classes: int, device: torch.device, precision: st
 
 
 def time_steps(step: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer, device: torch.device,
-               repeats: int) -> tuple[float, float]:
-    """Median seconds and peak memory (MB) of `repeats` optimiser steps on `step()`'s loss, after one warm-up."""
+               repeats: int, after_backward: Callable[[torch.Tensor], object] | None = None) -> tuple[float, float]:
+    """Median seconds and peak memory (MB) of `repeats` optimiser steps on `step()`'s loss, after one
+    warm-up; `after_backward(loss)` runs before each update (the gradient all-reduce of several ranks)."""
     times, peak = [], 0.0
     for i in range(repeats + 1):
         with PeakMemory(device) as mem:
             t0 = time.perf_counter()
-            step().backward()
+            loss = step()
+            loss.backward()
+            if after_backward is not None:
+                after_backward(loss)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if device.type == "cuda":
@@ -195,6 +203,81 @@ def run_bench(geometries: list[str], classes: list[int], device: str = "auto", p
     for geometry in geometries:
         for n in classes:
             rows += bench_one(geometry, n, dev, precision, repeats=repeats, n_ctx=n_ctx)
+    return rows
+
+
+@dataclass
+class RankRow:
+    geometry: str
+    classes: int
+    ranks: int
+    step_ms: float  # median step time of the slowest rank
+    steps_per_s: float
+    peak_mb: float  # the largest rank's peak memory
+    speedup: float  # the first --ranks value's step time / this one's
+    memory_ratio: float  # the first --ranks value's peak / this one's
+    max_logit_diff: float  # against the first --ranks value's logits
+
+
+def sharded_steps(geometry: str, counts: list[int], device: str, precision: str, repeats: int,
+                  n_ctx: int) -> list[dict]:
+    """On each rank (cpt.dist.spawn): the optimised CoOp step on cached features, with its share of a
+    32-image batch and its block of the class prompts (cpt.dist.sharded_classes), gradients summed
+    over ranks; per class count its median step, peak memory and first logits (all 32 images)."""
+    dev = torch.device(device)
+    model = build_model(geometry, dev, precision)
+    out = []
+    for n in counts:
+        cfg = PromptConfig(n_ctx=n_ctx)
+        prompts = ClassPrompts(model, class_names(n), cfg)
+        gen = torch.Generator().manual_seed(0)
+        feats = torch.randn(32, model.text_projection.shape[1], generator=gen).to(dev)  # what the cache would hold
+        labels = torch.randint(0, n, (32,), generator=gen).to(dev)
+        mine = dist.my_share(32).to(dev)
+        ctx = torch.nn.Parameter(init_context(prompts, cfg, torch.Generator().manual_seed(1)).float())
+        opt = torch.optim.SGD([ctx], lr=0.002, momentum=0.9)
+        first: list[torch.Tensor] = []
+
+        def step(prompts: ClassPrompts = prompts, ctx: torch.Tensor = ctx, labels: torch.Tensor = labels,
+                 feats: torch.Tensor = feats, mine: torch.Tensor = mine, first: list = first) -> torch.Tensor:
+            with dist.sharded_classes():
+                logits = _fast_logits(model, prompts, ctx, feats)  # (32, n): every rank holds every class
+            first.append(logits.detach().cpu())
+            return F.cross_entropy(logits[mine], labels[mine], reduction="sum") / len(labels)
+
+        seconds, peak = time_steps(step, opt, dev, repeats, lambda loss, ctx=ctx: dist.sum_gradients(loss, [ctx]))
+        out.append({"classes": n, "seconds": seconds, "peak_mb": peak, "logits": first[0]})
+    return out
+
+
+def rank_threads(ranks: list[int]) -> int:
+    """Threads of each rank in `run_rank_bench`."""
+    return max(1, torch.get_num_threads() // max(ranks))
+
+
+def run_rank_bench(geometries: list[str], classes: list[int], ranks: list[int], device: str = "auto",
+                   precision: str = "fp32", repeats: int = 5, n_ctx: int = 16) -> list[RankRow]:
+    """The class-sharded step on each number of ranks (processes of this machine; one GPU each with
+    CUDA), against the first number's. Every rank of every count gets the same threads, this
+    process's divided by the largest count, so the figures compare the work per rank."""
+    check_bench(geometries, classes, repeats, precision, n_ctx)
+    if not ranks or min(ranks) < 1:
+        raise CptError(f"--ranks needs process counts of at least 1 (got {', '.join(map(str, ranks)) or 'none'}).")
+    dev = resolve_device(device)
+    if dev.type == "cuda" and max(ranks) > torch.cuda.device_count():
+        raise CptError(f"--ranks {max(ranks)} needs one GPU per rank and this machine has {torch.cuda.device_count()}.")
+    rows = []
+    for geometry in geometries:
+        runs = {r: dist.spawn(sharded_steps, r, geometry, classes, dev.type, precision, repeats, n_ctx,
+                              threads=rank_threads(ranks)) for r in ranks}
+        for i, n in enumerate(classes):
+            base = runs[ranks[0]]
+            base_t, base_m = max(rank[i]["seconds"] for rank in base), max(rank[i]["peak_mb"] for rank in base)
+            for r in ranks:
+                t = max(rank[i]["seconds"] for rank in runs[r])
+                m = max(rank[i]["peak_mb"] for rank in runs[r])
+                diff = float((runs[r][0][i]["logits"] - base[0][i]["logits"]).abs().max())
+                rows.append(RankRow(geometry, n, r, 1000 * t, 1 / t, m, base_t / t, base_m / max(m, 1e-6), diff))
     return rows
 
 
