@@ -106,18 +106,16 @@ def command(fn: Callable[..., Any] | None = None, *, distributed: bool = False) 
 
     Under torchrun (WORLD_SIZE > 1) a `distributed` command (fit, eval, predict) joins the other
     processes, rank 0 alone prints, and the others print only a bug's traceback; any other command
-    refuses to run there.
+    runs in each process as it would alone (`cpt sweep` takes a shard per rank).
     """
     if fn is None:
         return functools.partial(command, distributed=distributed)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if not dist.launched():
+        if not distributed or not dist.launched():
             return _run(fn, args, kwargs)
         with _rank_output() as bug_stream, ExitStack() as joined:
-            if not distributed:
-                return _run(_refuse_launch, (), kwargs, bug_stream)
             _run(lambda **_: joined.enter_context(dist.session()), (), kwargs, bug_stream)  # cannot join: exit 2
             try:
                 return _run(fn, args, kwargs, bug_stream)  # rank 0 prints what stopped it, then leaves the group
@@ -125,11 +123,6 @@ def command(fn: Callable[..., Any] | None = None, *, distributed: bool = False) 
                 dist.wait_for_main()
 
     return wrapper
-
-
-def _refuse_launch(**_: Any) -> None:
-    raise CptError("This command runs in one process: start it without torchrun (cpt fit, cpt eval and cpt predict run "
-                   "under torchrun).")
 
 
 @contextmanager
@@ -145,7 +138,8 @@ def _rank_output() -> Iterator[TextIO | None]:
 
 
 def _run(fn: Callable[..., Any], args: tuple, kwargs: dict, bug_stream: TextIO | None = None) -> Any:
-    setup(quiet=bool(kwargs.get("quiet")) or not dist.is_main())
+    """`fn(*args, **kwargs)` with its outcome mapped to an exit code; `bug_stream`: a quiet rank's stderr."""
+    setup(quiet=bool(kwargs.get("quiet")) or bug_stream is not None)
     try:
         with stop_signals_interrupt():
             return fn(*args, **kwargs)
@@ -198,7 +192,7 @@ def _silence_stdout() -> None:
 def _internal_error(bug_stream: TextIO | None = None) -> None:
     """A bug: its traceback (on a quiet rank, to the stderr it had), exit 1."""
     if bug_stream is not None:
-        bug_stream.write(f"rank {dist.rank()}: internal error (a bug in cpt): please report it with this traceback.\n")
+        bug_stream.write(f"rank {os.environ.get('RANK')}: internal error (a bug in cpt): please report it with this traceback.\n")
         traceback.print_exc(file=bug_stream)
         bug_stream.flush()
         raise typer.Exit(1) from None

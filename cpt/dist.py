@@ -50,10 +50,8 @@ def world_size() -> int:
 
 
 def rank() -> int:
-    """This process's rank: torch.distributed's, or torchrun's RANK before the group is joined."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank()
-    return int(os.environ.get("RANK", "0")) if launched() else 0
+    """This process's rank in the group it joined (`session`); 0 when it is alone."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def is_main() -> bool:
@@ -305,7 +303,7 @@ def wait_for_main() -> None:
     if world_size() == 1 or is_main() or not _state["failed_together"]:
         return
     try:
-        dist.barrier()  # rank 0 never joins it: it returns when rank 0's process ends
+        dist.barrier(group=_state["objects"])  # rank 0 never joins it: gloo ends it when rank 0's process ends
     except RuntimeError:
         pass
 
@@ -351,9 +349,10 @@ def _spawned(rank_: int, world: int, port: int, threads: int, out: str, fn: Call
 
 
 def quiet_other_ranks() -> int | None:
-    """On ranks other than 0, send stdout and stderr (Python's and the C++ libraries') to the
-    null device; returns a descriptor of the original stderr, for a bug's traceback."""
-    if is_main():
+    """On ranks other than 0 (torchrun's RANK: called before the group is joined), send stdout and
+    stderr (Python's and the C++ libraries') to the null device; returns a descriptor of the
+    original stderr, for a bug's traceback."""
+    if not launched() or int(os.environ.get("RANK", "0")) == 0:
         return None
     sys.stdout.flush()
     sys.stderr.flush()

@@ -307,12 +307,6 @@ def test_ctrl_c_stops_every_rank_and_keeps_the_checkpoint(tiny_clip, colours, tm
 
 
 @pytest.mark.slow
-def test_commands_that_run_in_one_process_refuse_torchrun(tmp_path):
-    done = torchrun("data", cwd=tmp_path)
-    assert done.returncode != 0 and done.stderr.count("error: This command runs in one process") == 1
-
-
-@pytest.mark.slow
 def test_bench_ranks_shards_the_class_prompts_on_identical_logits():
     code, out, err = cli("bench", "--ranks", "1,2", "--classes", "7,40", "--repeats", "1", "--device", "cpu", "--json",
                          "--quiet")
