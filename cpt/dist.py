@@ -63,6 +63,38 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def env_rank_world() -> tuple[int, int]:
+    """This process's rank and the number of processes under torchrun ($RANK, $WORLD_SIZE); (0, 1)
+    when they are not set."""
+    rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    if not (rank.isdigit() and world.isdigit() and int(rank) < int(world)):
+        raise CptError(f"$RANK={rank!r} and $WORLD_SIZE={world!r} are not a rank and a world size (whole numbers, "
+                       "0 <= RANK < WORLD_SIZE), as torchrun sets them; unset them to run the whole sweep here.")
+    return int(rank), int(world)
+
+
+def local_device(device: str) -> str:
+    """`auto` under torchrun on a machine with several GPUs: the rank's own ($LOCAL_RANK's), so that
+    the ranks of one machine do not all train on the first."""
+    if device != "auto" or not os.environ.get("LOCAL_RANK", "").isdigit() or torch.cuda.device_count() < 2:
+        return device
+    return f"cuda:{local_rank() % torch.cuda.device_count()}"
+
+
+TORCHRUN = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
+@contextmanager
+def alone() -> Iterator[None]:
+    """Run the block as a process of its own: torchrun's variables hidden, so that it neither waits
+    for the other ranks nor leaves the writing to rank 0 (a sweep's ranks run different fits)."""
+    saved = {name: os.environ.pop(name) for name in TORCHRUN if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
 @contextmanager
 def session(timeout_s: float = 1800) -> Iterator[None]:
     """Join the process group torchrun set up (nothing when not launched); leave it after.

@@ -23,16 +23,15 @@ import os
 import re
 import socket
 import typing
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from hashlib import sha256
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pandas as pd
-import torch
 
+from cpt import dist
 from cpt import run as R
 from cpt.console import log
 from cpt.errors import CptError
@@ -102,48 +101,15 @@ def parse_shard(text: str) -> Shard:
     return Shard(index, count)
 
 
-def _rank_world() -> tuple[int, int]:
-    """This process's rank and the number of processes under torchrun ($RANK, $WORLD_SIZE); (0, 1)
-    when they are not set."""
-    rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
-    if not (rank.isdigit() and world.isdigit() and int(rank) < int(world)):
-        raise CptError(f"$RANK={rank!r} and $WORLD_SIZE={world!r} are not a rank and a world size (whole numbers, "
-                       "0 <= RANK < WORLD_SIZE), as torchrun sets them; unset them to run the whole sweep here.")
-    return int(rank), int(world)
-
-
 def _rank_shard(shard: Shard | None) -> Shard | None:
     """The shard this process runs: `shard` (None: the whole sweep); under torchrun each rank a
     share of it, rank R of W taking shard R + 1 of W (with --shard I/N: (I - 1)W + R + 1 of NW)."""
-    rank, world = _rank_world()
+    rank, world = dist.env_rank_world()
     if world == 1:
         return shard
     if shard is None:
         return Shard(rank + 1, world)
     return Shard((shard.index - 1) * world + rank + 1, shard.count * world)
-
-
-def _rank_device(device: str) -> str:
-    """`auto` under torchrun on a machine with several GPUs: the rank's own ($LOCAL_RANK's), so that
-    the ranks of one machine do not all train on the first."""
-    local = os.environ.get("LOCAL_RANK", "")
-    if device != "auto" or not local.isdigit() or torch.cuda.device_count() < 2:
-        return device
-    return f"cuda:{int(local) % torch.cuda.device_count()}"
-
-
-TORCHRUN = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
-
-
-@contextmanager
-def _alone() -> Iterator[None]:
-    """Each run of a shard is a fit of its own: hide torchrun's variables from it, so that it
-    neither waits for the other ranks nor leaves the writing to rank 0 (they run other runs)."""
-    saved = {name: os.environ.pop(name) for name in TORCHRUN if name in os.environ}
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
 
 
 @dataclass(frozen=True)
@@ -189,13 +155,13 @@ def sweep(base: FitRequest, methods: list[str], shots: list[int], seeds: list[in
     if known_ratios and axis != "known_ratio":
         raise CptError("--known-ratios applies to multi-label tasks; these tasks are single-label (use --shots).")
     shard = _rank_shard(shard)
-    base = replace(base, device=_rank_device(base.device))
+    base = replace(base, device=dist.local_device(base.device))
     runs = _runs(base, methods, kind, values, seeds, out)
     spec = _spec(base, methods, axis, values, seeds)
     record = {"spec": spec, "id": _digest(spec), "kind": kind.name, "runs": [r.dir.name for r in runs]}
     _record_spec(out, record, shard)
     mine = [r for i, r in enumerate(runs) if shard is None or shard.owns(i)]
-    with _alone():
+    with dist.alone():
         if shard is not None:
             log.info("sweep: shard %s runs %d of the %d runs", shard, len(mine), len(runs))
             _run_shard(out, shard, record["id"], mine)
