@@ -247,6 +247,16 @@ def sum_gradients(loss: Tensor, params: list[Tensor]) -> Tensor:
     return flat[0]
 
 
+def rows_from_all(rows: Tensor, mine: Tensor) -> Tensor:
+    """A (n, ...) tensor of which each rank filled the rows of its `mine` mask (the masks part the
+    rows): every rank's rows, on every rank."""
+    if world_size() == 1:
+        return rows
+    total = torch.where(mine.view(-1, *[1] * (rows.dim() - 1)), rows, torch.zeros_like(rows)).to(torch.int32)
+    dist.all_reduce(total)
+    return total.to(rows.dtype)
+
+
 def all_sum(values: list[int]) -> list[int]:
     """Integers summed over ranks (counts for the summary)."""
     if world_size() == 1:

@@ -32,7 +32,7 @@ from cpt.io import write_csv
 from cpt.kinds import Task
 from cpt.methods import Method, TaskData
 from cpt.plan import FitRequest, Plan, default_out, plan
-from cpt.train import check_splittable, train
+from cpt.train import train
 
 SKIPPED = "skipped.csv"
 
@@ -193,8 +193,6 @@ def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitRe
             req = FitRequest(**{**config["request"], "out": req.out})
         p = plan(req)
         dist.check_device(req.device)
-        if dist.world_size() > 1 and p.method.trains:
-            check_splittable(p.method)
         run = Path(req.out or default_out(req, p))
         restored = p.kind.restore(run, config["tasks"]) if config else None
         if restored is not None:

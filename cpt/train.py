@@ -122,15 +122,6 @@ def _diverged(what: str, epoch: int, cfg: TrainConfig, method: PromptMethod) -> 
     )
 
 
-def check_splittable(method: type[PromptMethod]) -> None:
-    """Several ranks split each batch by image: refuse a method whose loss is not a plain sum over
-    the batch's images (its own `batch_loss`, e.g. SCPNet's random view picks and pseudo-label state)."""
-    if method.batch_loss is not PromptMethod.batch_loss:
-        raise CptError(f"--method {method.name} trains in one process: its loss draws per-image choices and keeps "
-                       "state across batches, which ranks splitting the batch would change. Start it without torchrun "
-                       "or --devices.")
-
-
 def make_optimizer(method: PromptMethod, cfg: TrainConfig) -> torch.optim.Optimizer:
     """The optimiser over the method's parameter groups; each group keeps its peak rate as `peak_lr`."""
     groups = []
@@ -259,8 +250,6 @@ def train(
     device = method.backbone.device
     world = dist.world_size()
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    if world > 1:
-        check_splittable(type(method))
     for epoch in track(range(start, cfg.epochs), "Training", total=cfg.epochs - start):
         t0 = time.perf_counter()
         if scheduler is None:
@@ -285,9 +274,8 @@ def train(
                     # per-task parameters: each task's mean, as if trained alone; shared ones
                     # (SoftCPT, CoOp-MT): the mean over the whole mixed batch, as SoftCPT's reference
                     norm = len(rows) if method.task_mean else len(task_ids)
-                    if world > 1:
-                        rows = picks[(task_ids == t) & mine]
-                    loss = loss + method.batch_loss(data[t], t, rows, classes, epoch, class_gen) / norm
+                    share = mine[task_ids == t] if world > 1 else None
+                    loss = loss + method.batch_loss(data[t], t, rows, classes, epoch, class_gen, share) / norm
             if world == 1 and not torch.isfinite(loss):
                 raise _diverged(f"The training loss became {loss.item()}", epoch, cfg, method)
             optimizer.zero_grad(set_to_none=True)

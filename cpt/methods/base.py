@@ -158,10 +158,17 @@ class PromptMethod(Method, torch.nn.Module):
         return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
 
     def batch_loss(self, data: TaskData, task: int, rows: Tensor, classes: Tensor | None, epoch: int,
-                   gen: torch.Generator) -> Tensor:
-        """Summed loss of one task's share of a batch: `rows` holds (image, cached view) pairs;
+                   gen: torch.Generator, share: Tensor | None = None) -> Tensor:
+        """Summed loss of one task's part of a batch: `rows` holds (image, cached view) pairs;
         `classes` restricts the logits to those classes (class subsampling); `gen` is the
-        epoch's generator for any further random choice, so resumed runs replay exactly."""
+        epoch's generator for any further random choice, so resumed runs replay exactly.
+
+        Several ranks: each is given all the rows and `share`, a mask of those it computes; a
+        method draws from `gen` for every row (so all ranks draw alike, as one process does)
+        and keeps any state it carries across batches the same on every rank.
+        """
+        if share is not None:
+            rows = rows[share]
         device = self.backbone.device
         feats = data.train_views[rows[:, 0], rows[:, 1]].to(device)
         targets = data.targets[rows[:, 0]]

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cpt import dist
 from cpt.core.backbone import Backbone
 from cpt.core.prompt import ClassPrompts, PromptConfig, ctx_init_option, init_context, n_ctx_option
 from cpt.data.features import STRONG_OPS, AugmentSpec, ViewOptions
@@ -188,40 +189,49 @@ class SCPNet(PromptMethod):
         return feats if classes is None else feats[classes]
 
     def batch_loss(self, data: TaskData, task: int, rows: Tensor, classes: Tensor | None, epoch: int,
-                   gen: torch.Generator) -> Tensor:
+                   gen: torch.Generator, share: Tensor | None = None) -> Tensor:
         device = self.backbone.device
-        images, views = rows[:, 0], rows[:, 1]
-        targets = data.targets[images].to(device)
         n_views = data.train_views.shape[1]
-        weak = data.train_views[images, views]
+        images, views = rows[:, 0], rows[:, 1]
+        if not self.cfg.no_self_training:  # drawn for every row of the batch, whichever rank computes it
+            other = (views + torch.randint(1, max(n_views, 2), (len(rows),), generator=gen)) % n_views
+            pick = torch.randint(0, data.train_strong.shape[1], (len(rows),), generator=gen)
+        mine = torch.ones(len(rows), dtype=torch.bool) if share is None else share
+        targets = data.targets[images[mine]].to(device)
+        weak = data.train_views[images[mine], views[mine]]
         if self.cfg.no_self_training:
             feats = weak
         else:
-            other = (views + torch.randint(1, max(n_views, 2), (len(rows),), generator=gen)) % n_views
-            pick = torch.randint(0, data.train_strong.shape[1], (len(rows),), generator=gen)
-            feats = torch.cat([weak, data.train_views[images, other], data.train_strong[images, pick]])
+            feats = torch.cat([weak, data.train_views[images[mine], other[mine]],
+                               data.train_strong[images[mine], pick[mine]]])
         weight = self.class_weights(task)
         logits = (self.logit_scale() * F.normalize(feats.to(device).float(), dim=-1) @ weight.T).float()
-        sup_logits = logits[: len(rows)]
+        n = len(targets)
+        sup_logits = logits[:n]
         if self.cfg.single_positive:
             loss = splc_loss(sup_logits, targets, correct=epoch >= 1)
         else:
             loss = asymmetric_loss(sup_logits, targets)
         if self.cfg.no_self_training:
             return loss
-        n = len(rows)
         weak_logits, strong_logits = logits[n: 2 * n].detach(), logits[2 * n:]
-        return loss + self.cfg.lambda_u * self._self_training(task, data, images, weak_logits, strong_logits, targets)
+        return loss + self.cfg.lambda_u * self._self_training(task, data, images, mine, weak_logits, strong_logits,
+                                                              targets)
 
-    def _self_training(self, task: int, data: TaskData, images: Tensor, weak_logits: Tensor, strong_logits: Tensor,
-                       targets: Tensor) -> Tensor:
+    def _self_training(self, task: int, data: TaskData, images: Tensor, mine: Tensor, weak_logits: Tensor,
+                       strong_logits: Tensor, targets: Tensor) -> Tensor:
+        """The self-training term of this rank's rows (`mine` among the batch's `images`); the
+        pseudo-labels of the whole batch then update every rank's record of them alike."""
         selected = self.selected.setdefault(task, torch.zeros(len(data.targets), len(self.classnames[task]),
                                                               dtype=torch.uint8))
         thresholds = class_thresholds(selected, self.cfg.hard_k, self.cfg.p_cutoff).to(weak_logits.device)
         probs = torch.sigmoid(weak_logits)
         labels, confident = pseudo_labels(probs, thresholds, self.cfg.hard_k, targets.eq(1))
-        chosen = labels.sum(dim=1) >= 1
-        selected[images[chosen.cpu()]] = labels[chosen].to(torch.uint8).cpu()
+        batch = torch.zeros(len(images), selected.shape[1], dtype=torch.uint8)
+        batch[mine] = labels.to(torch.uint8).cpu()
+        batch = dist.rows_from_all(batch, mine)
+        chosen = batch.sum(dim=1) >= 1
+        selected[images[chosen]] = batch[chosen]
         return self_training_loss(strong_logits, probs, labels, confident, self.relations[task], self.cfg.kl_lambda)
 
     def state(self) -> dict[str, Tensor]:
