@@ -9,6 +9,7 @@ from cpt_cli.app import app, command, emit_json
 from cpt.deploy import artifact as A
 from cpt.errors import CptError
 from cpt.deploy.export import FORMATS, export
+from cpt.deploy.export_video import export_run, is_retrieval_run
 
 
 @app.command("export", epilog="""Examples:
@@ -16,6 +17,8 @@ from cpt.deploy.export import FORMATS, export
   cpt export runs/pets-coop --format pt --out pets.pt
 
   cpt export runs/pets-coop --format onnx --out pets.onnx
+
+  cpt export runs/dgl-toy-video --format torchscript --out dgl-encoders/
 
   cpt export --backbone ViT-B/16 --classes classnames.txt --format torchscript --out zs.ts
 """)
@@ -35,6 +38,13 @@ def export_cmd(
     """Export a standalone classifier: class embeddings (+ image encoder for TorchScript / ONNX)."""
     if (run is None) == (backbone is None):
         raise CptError("Give either a run directory, or --backbone with --classes for a zero-shot export.")
+    if run is not None and is_retrieval_run(run):
+        written = export_run(run, fmt, out, device)
+        if json_out:
+            emit_json({"out": str(written), "format": fmt, "files": sorted(p.name for p in written.iterdir())})
+        elif not quiet:
+            typer.echo(f"wrote {written}/ (text and video encoders, cpt.json)", err=True)
+        return
     if run is not None:
         artifact, model = A.from_run(run, device)
     elif classes is None:

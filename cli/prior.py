@@ -24,8 +24,8 @@ def _classes(tasks: Optional[str], classes: Optional[Path]) -> tuple[list[str], 
         return read_class_names(classes), None
     if tasks is None:
         raise CptError("Give the classes: --classes FILE (one per line) or --tasks with a multi-label task.")
-    specs, multi = resolve_tasks(tasks)
-    if not multi or len(specs) != 1:
+    specs, kind = resolve_tasks(tasks)
+    if kind != "multi-label" or len(specs) != 1:
         raise CptError(f"--tasks {tasks} must be one multi-label task (a folder with train.csv and test.csv, or toy-ml).")
     task = load_multilabel_task(specs[0].name, specs[0].path)[0]
     return task.classnames, task.splits["train"].targets

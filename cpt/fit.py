@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from cpt import dist
+from cpt import retrieval
 from cpt import run as R
 from cpt.console import log, log_to_file
 from cpt.core.backbone import load_backbone
@@ -153,7 +154,7 @@ def selected_epoch(run: Path) -> dict | None:
 
 
 def _train_or_restore(p: Plan, method: Method, data: list[TaskData], run: Path, checkpoint: dict | None,
-                      backbone: Any, names: list[str], headline: dict[str, str]) -> None:
+                      backbone: Any, names: list[str], validate: Callable[[], float] | None) -> None:
     """Fit the method (checkpointing every epoch), or restore a run that finished training."""
     if checkpoint and checkpoint.get("done"):
         method.load_state(checkpoint["state"])
@@ -163,7 +164,6 @@ def _train_or_restore(p: Plan, method: Method, data: list[TaskData], run: Path, 
             write_csv(run / "history.csv", pd.DataFrame(state["history"]))
             R.save_checkpoint(run, R.checkpoint_payload(method, names, backbone, state, done=False))
 
-        validate = val_scorer(p, method, data, headline) if selects_on_val(p) else None
         history = train(method, data, p.train, checkpoint["train_state"] if checkpoint else None, save, validate)
         if dist.is_main():
             write_csv(run / "history.csv", pd.DataFrame(history))
@@ -233,9 +233,19 @@ def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitRe
         cache = FeatureCache(backbone, Path(req.cache_dir) if req.cache_dir else None, req.encode_batch_size)
         if resume and (run / SKIPPED).exists():
             earlier = [Skipped(**r) for r in pd.read_csv(run / SKIPPED, dtype=str, keep_default_na=False).to_dict("records")]
-        data = [training_data(p, method, t, cache, run, req.seed) for t in tasks] if method.uses else []
-        # the test features now, so skipped.csv is complete before training (a tuned encoder's come after it)
-        tests = None if method.tunes_image() else split_features(tasks, cache)
+        video = p.kind.name == "retrieval"
+        if video:  # videos: decoded frames and frame features instead of image features
+            cache = retrieval.clip_source(backbone, p.kind_options, req.cache_dir, req.encode_batch_size)
+            data = [retrieval.training_pairs(p.kind, method, t, cache, p.views.aug_views, req.seed) for t in tasks
+                    ] if method.uses else []
+            for t in tasks:  # every video decoded now, so skipped.csv is complete before training
+                for split in ("val", "test"):
+                    cache.readable(t.paths(split))
+            tests = None
+        else:
+            data = [training_data(p, method, t, cache, run, req.seed) for t in tasks] if method.uses else []
+            # the test features now, so skipped.csv is complete before training (a tuned encoder's come after it)
+            tests = None if method.tunes_image() else split_features(tasks, cache)
         skipped = _skipped(tasks, cache.stats.failed, earlier)
         with dist.agreed():  # rank 0 writes; every rank learns whether it could
             if main:
@@ -245,13 +255,17 @@ def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitRe
                 p.kind.save(run, tasks, cache.stats.failed)
         names = [t.name for t in tasks]
         headline = {r["name"]: r.get("metric", "accuracy") for r in records}
-        _train_or_restore(p, method, data, run, checkpoint, backbone, names, headline)
+        validate = None
+        if selects_on_val(p):
+            validate = retrieval.val_scorer(p.kind, method, tasks, cache) if video else val_scorer(p, method, data, headline)
+        _train_or_restore(p, method, data, run, checkpoint, backbone, names, validate)
         # no collective from here on: the other ranks are done, rank 0 evaluates and writes
         if not main:
             return FitResult(run, pd.DataFrame(), cache.stats.encoded, cache.stats.cached, len(skipped),
                              time.perf_counter() - t0)
         config["selected"] = selected_epoch(run)
-        evaluation = p.kind.evaluate(score(tasks, method.classifiers(), cache, features=tests), "test", headline)
+        scored = retrieval.score(tasks, method, cache) if video else score(tasks, method.classifiers(), cache, features=tests)
+        evaluation = p.kind.evaluate(scored, "test", headline)
         p.kind.write(run, f"cpt fit: {req.method} on {', '.join(names)}", evaluation, details(config))
         skipped = _skipped(tasks, cache.stats.failed, earlier)
         write_csv(run / SKIPPED, skipped)

@@ -144,9 +144,9 @@ def task_kind(req: FitRequest) -> tuple[TaskKind, list[TaskSpec], dict[str, Any]
     if not req.tasks:
         raise CptError("Give the tasks to train on with --tasks, e.g. --tasks pets=data/pets, or a multi-label "
                        "--labels FILE (or --resume RUN).")
-    specs, multi_label = resolve_tasks(req.tasks, req.data_root)
+    specs, kind_name = resolve_tasks(req.tasks, req.data_root)
     named = recipe(req.tasks)
-    return KINDS["multi-label" if multi_label else "single-label"], specs, dict(named.defaults) if named else {}
+    return KINDS[kind_name], specs, dict(named.defaults) if named else {}
 
 
 def _refuse_stray(req: FitRequest, method: type[Method], kind: TaskKind, allowed: set[str]) -> None:
@@ -229,7 +229,9 @@ def plan(req: FitRequest) -> Plan:
 
 def axis_stem(axis: str, value: Any) -> str:
     """A run's place on its kind's axis, as run directories name it: `4shot`, `known0.3`."""
-    return f"known{value:g}" if axis == "known_ratio" else f"{value}shot"
+    if axis == "known_ratio":
+        return f"known{value:g}"
+    return f"{value}frames" if axis == "frames" else f"{value}shot"
 
 
 def default_out(req: FitRequest, p: Plan) -> str:

@@ -26,7 +26,7 @@ from torch.optim.lr_scheduler import OneCycleLR
 from cpt import dist
 from cpt.console import log, track
 from cpt.errors import CptError
-from cpt.methods.base import PromptMethod, TaskData
+from cpt.methods.base import GradientMethod, TaskData
 from cpt.options import Options, option
 
 
@@ -112,7 +112,7 @@ def sample_classes(labels: torch.Tensor, n_classes: int, rate: float, gen: torch
     return torch.cat([present.nonzero().flatten(), chosen]).sort().values
 
 
-def _diverged(what: str, epoch: int, cfg: TrainConfig, method: PromptMethod) -> CptError:
+def _diverged(what: str, epoch: int, cfg: TrainConfig, method: GradientMethod) -> CptError:
     """Training diverged: nothing of this epoch is saved; say how to get a run that trains."""
     fp = "" if method.backbone.precision == "fp32" else ", or --precision fp32"
     kept = (f"the checkpoint of epoch {epoch} (the last finite one) is kept" if epoch else "no checkpoint was saved")
@@ -122,7 +122,7 @@ def _diverged(what: str, epoch: int, cfg: TrainConfig, method: PromptMethod) -> 
     )
 
 
-def make_optimizer(method: PromptMethod, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(method: GradientMethod, cfg: TrainConfig) -> torch.optim.Optimizer:
     """The optimiser over the method's parameter groups; each group keeps its peak rate as `peak_lr`."""
     groups = []
     for group in method.param_groups(cfg.lr):
@@ -150,7 +150,7 @@ class EMA:
     reference): after every step, ema = decay * ema + (1 - decay) * weights; it starts as the
     initial weights."""
 
-    def __init__(self, method: PromptMethod, decay: float) -> None:
+    def __init__(self, method: GradientMethod, decay: float) -> None:
         self.decay = decay
         self.params = {name: p for name, p in method.named_parameters() if p.requires_grad}
         self.weights = {name: p.detach().clone() for name, p in self.params.items()}
@@ -184,7 +184,7 @@ class EMA:
                     p.copy_(kept[name])
 
 
-def _validate(method: PromptMethod, ema: EMA | None, validate: Callable[[], float], epoch: int, row: dict,
+def _validate(method: GradientMethod, ema: EMA | None, validate: Callable[[], float], epoch: int, row: dict,
               best: dict | None) -> dict | None:
     """Score the epoch's weights (and the EMA's) on the validation split into `row`; the best so
     far (the earlier epoch on ties; the EMA on a tie within an epoch, as the reference)."""
@@ -203,7 +203,7 @@ def _validate(method: PromptMethod, ema: EMA | None, validate: Callable[[], floa
     return {"epoch": epoch + 1, "weights": weights, "score": score, "state": state or snapshot()}
 
 
-def _keep_selected(method: PromptMethod, cfg: TrainConfig, ema: EMA | None, best: dict | None,
+def _keep_selected(method: GradientMethod, cfg: TrainConfig, ema: EMA | None, best: dict | None,
                    history: list[dict]) -> None:
     """Load the weights the run keeps and mark their epoch in the history (`selected`: model or ema)."""
     if cfg.select == "val" and best is not None:
@@ -217,7 +217,7 @@ def _keep_selected(method: PromptMethod, cfg: TrainConfig, ema: EMA | None, best
 
 
 def train(
-    method: PromptMethod,
+    method: GradientMethod,
     data: list[TaskData],
     cfg: TrainConfig,
     state: dict | None = None,

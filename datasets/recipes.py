@@ -4,7 +4,8 @@
 count, size) that share little; `toy-related` six that share much (shapes on four
 backgrounds, colours on two); `toy-ml` is a
 multi-label set whose 18 labels (shapes, colours, backgrounds) co-occur through scene
-themes, so a label-to-label prior carries information.
+themes, so a label-to-label prior carries information; `toy-video` short clips of toy objects
+that move, appear, disappear or change colour, with captions, for text-video retrieval.
 """
 
 from __future__ import annotations
@@ -199,8 +200,15 @@ def data_root() -> Path:
     return cache_root() / "data" / VERSION
 
 
+def materialize_toy_video(root: Path, seed: int = 0) -> list[tuple[str, Path]]:
+    from cpt_datasets import toy_video  # it builds through this module's _materialise
+
+    return toy_video.materialize_toy_video(root, seed)
+
+
 BUILDERS: dict[str, Callable[[Path, int], list[tuple[str, Path]]]] = {
-    "toy": materialize_toy, "toy-related": materialize_toy_related, "toy-ml": materialize_toy_ml}
+    "toy": materialize_toy, "toy-related": materialize_toy_related, "toy-ml": materialize_toy_ml,
+    "toy-video": materialize_toy_video}
 
 
 def materialize(name: str, seed: int = 0) -> list[tuple[str, Path]]:
@@ -224,5 +232,9 @@ def register_all() -> None:
     register(Recipe("toy-ml", "toy world, multi-label: 18 co-occurring labels (shapes, colours, backgrounds)",
                     "multi-label", _specs("toy-ml"), {"crop_scale": 1.0, "strong_augment": "colour-safe"},
                     materialised=True))
+    # 2-second clips at 8 frames a second: every frame is a candidate for the 12 sampled
+    register(Recipe("toy-video", "toy world, text-video retrieval: clips of objects that move, appear, disappear or "
+                    "change colour, 2-3 captions each, some of which only frame order tells apart", "retrieval",
+                    _specs("toy-video"), {"fps": 8.0}, materialised=True))
     for name, description in B.DESCRIPTIONS.items():
         register(Recipe(name, description, "single-label", lambda root, name=name: B.benchmark_specs(name, root)))

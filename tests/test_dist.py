@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from cpt import dist
 from cpt.core.backbone import load_backbone
 from cpt.core.prompt import ClassPrompts, PromptConfig, init_context
+from cpt.core.text import tokenize
 from cpt.data.features import AugmentSpec, FeatureCache
 from cpt.errors import CptError
 from cpt.kinds import KINDS
@@ -130,11 +131,23 @@ def _partial(n: int, classes: list[str], seed: int) -> TaskData:
                     torch.randn(n, 2, dim, generator=gen))
 
 
+def _pairs(n: int, classes: list[str], seed: int) -> TaskData:
+    """Retrieval: n caption-video pairs over n // 2 + 1 videos (some videos with two captions), each
+    pair's clip as 3 frame features in 2 cached samplings."""
+    gen = torch.Generator().manual_seed(seed)
+    dim = TINY_VIT["embed_dim"]
+    videos = torch.arange(n) % (n // 2 + 1)
+    words = ["red", "blue", "circle", "square", "left", "right", "moves", "appears"]
+    captions = [" ".join(words[(i * 3 + k) % len(words)] for k in range(1 + i % 4)) for i in range(n)]
+    return TaskData(f"v{seed}", [], KINDS["retrieval"], videos, torch.randn(n, 2, 3, dim, generator=gen),
+                    torch.empty(0, dim), torch.empty(0, dim), torch.empty(0), tokens=tokenize(captions, 77))
+
+
 def _train(clip: Path, method: str, options: dict, train_options: dict) -> tuple[dict, list[dict]]:
     backbone = load_backbone(str(clip), "cpu")
     tasks = [NAMES, ["cat", "blue bus", "heron"]]
     m = build_method(method, backbone, tasks, options, ["animal", "vehicle"])
-    make = _partial if method == "scpnet" else _synthetic
+    make = {"scpnet": _partial, "coop-video": _pairs}.get(method, _synthetic)
     data = [make(11, tasks[0], 0), make(7, tasks[1], 1)]
     cfg = TrainConfig(epochs=2, batch_size=5, lr=0.05, warmup_epochs=0, seed=3, **train_options)
     validate = (lambda: float(m.classifiers()[0].logits(data[0].val).max())) if cfg.select == "val" else None
@@ -148,7 +161,9 @@ TRAINED = [("coop", {"n_ctx": 2}, {}),
            ("softcpt", {"variant": "cata", "n_ctx": 2}, {"task_sampling": "balanced", "select": "val"}),
            # its own batch loss: random views drawn per image, pseudo-labels kept across batches
            ("scpnet", {"topk": 2, "p_cutoff": 0.5, "logit_scale": 30.0}, {}),
-           ("scpnet", {"topk": 2, "p_cutoff": 0.5, "single_positive": True}, {"ema_decay": 0.5, "select": "val"})]
+           ("scpnet", {"topk": 2, "p_cutoff": 0.5, "single_positive": True}, {"ema_decay": 0.5, "select": "val"}),
+           # retrieval: every pair of the batch is a negative of every other, whichever rank encodes it
+           ("coop-video", {"n_ctx": 2}, {})]
 
 
 def _disagreement() -> str:

@@ -74,7 +74,7 @@ def test_a_registered_method_is_listed_offered_and_run_with_its_option(echo, tin
     code, out, err = invoke(echo, "fit", "--help")
     assert code == 0, err
     assert re.search(r"--echo-scale\s+<float>\s+Throw-away test method: .*\[default: 3\.0\]", out)
-    assert re.search(rf"One of: [a-z, -]*\b{NAME}\.", out)
+    assert re.search(rf"One of: [a-z0-9, -]*\b{NAME}\.", out)
 
     run = tmp_path / "run"
     code, out, err = invoke(echo, "fit", "--method", NAME, "--echo-scale", "7.5", "--tasks", f"colours={colours}",

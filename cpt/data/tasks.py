@@ -485,20 +485,30 @@ def is_multilabel_source(path: str) -> bool:
     return (Path(path) / "train.csv").is_file() and (Path(path) / "test.csv").is_file()
 
 
-def resolve_tasks(spec: str, data_root: str | None = None) -> tuple[list[TaskSpec], bool]:
+def resolve_tasks(spec: str, data_root: str | None = None) -> tuple[list[TaskSpec], str]:
     """What `--tasks` names — a registered recipe (the toy world, a benchmark suite), a task
-    file, or NAME=PATH pairs — as task specs, and whether they are multi-label."""
+    file, or NAME=PATH pairs — as task specs, and their task kind (single-label, multi-label
+    or retrieval)."""
     named = recipe(spec)
     if named is not None:
-        return named.tasks(Path(data_root) if data_root else None), named.kind == "multi-label"
+        return named.tasks(Path(data_root) if data_root else None), named.kind
     if is_task_file(spec):
         specs = read_task_file(spec)
     else:
         specs = [TaskSpec(name, path) for name, path in parse_task_spec(spec)]
-    kinds = {is_multilabel_source(s.path) for s in specs}
+    kinds = {source_kind(s.path) for s in specs}
     if len(kinds) > 1:
-        raise CptError(f"--tasks {spec} mixes single-label and multi-label tasks; run them separately.")
-    return specs, kinds == {True}
+        raise CptError(f"--tasks {spec} mixes {' and '.join(sorted(kinds))} tasks; run them separately.")
+    return specs, kinds.pop()
+
+
+def source_kind(path: str) -> str:
+    """The task kind a data source holds, from its layout."""
+    from cpt.data.retrieval import is_retrieval_source  # retrieval sources reuse this module's Skipped
+
+    if is_retrieval_source(path):
+        return "retrieval"
+    return "multi-label" if is_multilabel_source(path) else "single-label"
 
 
 def load_spec(spec: TaskSpec, seed: int) -> tuple[Task, list[Skipped]]:

@@ -14,6 +14,7 @@ import pandas as pd
 from torch import Tensor
 
 from cpt import dist
+from cpt import retrieval
 from cpt import run as R
 from cpt.console import log
 from cpt.core.backbone import Backbone, load_backbone
@@ -24,6 +25,7 @@ from cpt.eval.report import write_comparison_report
 from cpt.io import write_csv
 from cpt.kinds import KINDS, Task, TaskKind, kind
 from cpt.methods import Classifier, Method, build_method
+from cpt.options import build
 
 COMPARISON_COLUMNS = ["run", "label", "method", "kind", "shots", "known_ratio", "seed", "task", "metric", "value"]
 
@@ -98,6 +100,7 @@ class _Target:
     headline: dict[str, str] | None
     info: dict[str, str]
     cache_dir: str | None
+    kind_options: dict  # the run's resolved kind options (retrieval: --frames, --fps)
 
 
 def _target(req: EvalRequest) -> _Target:
@@ -121,7 +124,8 @@ def _target(req: EvalRequest) -> _Target:
             tasks, index = [task_kind.external(req.data, chosen, req.seed, records[i]["classnames"])], [i]
         headline = {t["name"]: t.get("metric", "accuracy") for t in records}
         info = {**details(config), "target": req.target, "data": req.data or "the run's test split"}
-        return _Target(task_kind, tasks, index, method, backbone, headline, info, cache_dir)
+        return _Target(task_kind, tasks, index, method, backbone, headline, info, cache_dir,
+                       config["resolved"]["kind"])
     if req.data is None:
         raise CptError(f"{req.target} is not a run directory (no {R.CONFIG}). To evaluate a backbone zero-shot, "
                        "also pass --data FOLDER.")
@@ -129,7 +133,7 @@ def _target(req: EvalRequest) -> _Target:
     tasks = [KINDS["single-label"].external(req.data, Path(req.data).stem or "data", req.seed, None)]
     method = build_method("zeroshot", backbone, [tasks[0].classnames], overrides or {})
     info = {"method": "zeroshot", "backbone": req.target, "data": req.data}
-    return _Target(KINDS["single-label"], tasks, [0], method, backbone, None, info, req.cache_dir)
+    return _Target(KINDS["single-label"], tasks, [0], method, backbone, None, info, req.cache_dir, {})
 
 
 def evaluate_target(req: EvalRequest) -> tuple[Path, pd.DataFrame]:
@@ -140,13 +144,19 @@ def evaluate_target(req: EvalRequest) -> tuple[Path, pd.DataFrame]:
     """
     dist.check_device(req.device or "auto")
     t = dist.rank0_first(lambda: _target(req))
-    cache = FeatureCache(t.backbone, Path(t.cache_dir) if t.cache_dir else None)
-    features = split_features(t.tasks, cache)
     out = Path(req.out) if req.out else (Path(req.target) if req.data is None else _default_out(req))
-    if not dist.is_main():
-        return out, pd.DataFrame()
-    classifiers = t.method.classifiers()
-    scored = score(t.tasks, [classifiers[i] for i in t.index], cache, features=features)
+    if t.kind.name == "retrieval":  # videos and captions: rank 0 scores them (the frames are cached)
+        if not dist.is_main():
+            return out, pd.DataFrame()
+        cache = retrieval.clip_source(t.backbone, build(t.kind.Options, t.kind_options), t.cache_dir)
+        scored = retrieval.score(t.tasks, t.method, cache)
+    else:
+        cache = FeatureCache(t.backbone, Path(t.cache_dir) if t.cache_dir else None)
+        features = split_features(t.tasks, cache)
+        if not dist.is_main():
+            return out, pd.DataFrame()
+        classifiers = t.method.classifiers()
+        scored = score(t.tasks, [classifiers[i] for i in t.index], cache, features=features)
     for path, reason in cache.stats.failed.items():
         log.warning("skipped %s: %s", path, reason)
     out.mkdir(parents=True, exist_ok=True)

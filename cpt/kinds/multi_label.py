@@ -27,7 +27,7 @@ from cpt.errors import CptError
 from cpt.eval.metrics import TaskPredictions, average_precisions, multilabel_frames
 from cpt.eval.report import write_multilabel_report
 from cpt.io import write_csv
-from cpt.kinds.base import Evaluation, TaskKind
+from cpt.kinds.base import Evaluation, TaskKind, val_ratio_option
 from cpt.methods.losses import asymmetric_loss
 from cpt.options import Options, option
 
@@ -51,9 +51,7 @@ class MultiLabelOptions(Options):
                               panel=PANEL)
     single_positive: bool = option(False, "Keep one positive label per training image, every other entry unknown.",
                                    panel=PANEL)
-    val_ratio: float = option(0.0, "Hold out this share of the training images (under --seed) as a validation split "
-                              "for --select val, with the partial labels training would have seen (0 = none).",
-                              panel=PANEL, low=0, high=0.5)
+    val_ratio: float = val_ratio_option(0.0, PANEL)
 
     def __post_init__(self) -> None:
         super().__post_init__()

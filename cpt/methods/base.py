@@ -69,6 +69,7 @@ class TaskData:
     val: Tensor  # (m, dim) validation features (or EncodedViews when the image encoder trains)
     val_targets: Tensor  # the kind's targets of the validation images: (m,) or (m, n_cls)
     train_strong: Tensor | None = None  # (n, views, dim): strongly augmented views (self-training)
+    tokens: Tensor | None = None  # retrieval: each training pair's caption tokens (n, context_length)
 
 
 class Method(ABC):
@@ -130,19 +131,46 @@ class Method(ABC):
         return float(self.backbone.model.logit_scale.exp())
 
 
-class PromptMethod(Method, torch.nn.Module):
-    """A method trained by gradient descent on the prompt (the text encoder stays frozen)."""
+class GradientMethod(Method, torch.nn.Module):
+    """A method trained by the shared gradient loop (cpt.train): its parameters, its batch loss,
+    its learned state."""
 
     trains = True
     uses = ("views",)
-
-    def augmentations(self, views: ViewOptions) -> dict[str, AugmentSpec]:
-        return {"views": AugmentSpec(views=views.aug_views, scale=(views.crop_scale, 1.0))}
     task_mean = True  # loss: sum over tasks of each task's mean (False: mean over the mixed batch)
 
     def __init__(self, backbone: Backbone, classnames: list[list[str]], cfg: Any, titles: list[str] | None = None) -> None:
         torch.nn.Module.__init__(self)
         Method.__init__(self, backbone, classnames, cfg, titles)
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """Optimiser groups of the trainable tensors, each with its peak rate `lr` (`lr`: --lr)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
+
+    @abstractmethod
+    def batch_loss(self, data: TaskData, task: int, rows: Tensor, classes: Tensor | None, epoch: int,
+                   gen: torch.Generator, share: Tensor | None = None) -> Tensor:
+        """Summed loss of one task's part of a batch: `rows` holds (sample, cached view) pairs;
+        `classes` restricts the logits to those classes (class subsampling); `gen` is the
+        epoch's generator for any further random choice, so resumed runs replay exactly.
+
+        Several ranks: each is given all the rows and `share`, a mask of those it computes; a
+        method draws from `gen` for every row (so all ranks draw alike, as one process does)
+        and keeps any state it carries across batches the same on every rank.
+        """
+
+    def state(self) -> dict[str, Tensor]:
+        return {k: v.detach().cpu() for k, v in self.state_dict().items()}
+
+    def load_state(self, state: dict[str, Tensor]) -> None:
+        self.load_state_dict(state)
+
+
+class PromptMethod(GradientMethod):
+    """A classifier trained by gradient descent on the prompt (the text encoder stays frozen)."""
+
+    def augmentations(self, views: ViewOptions) -> dict[str, AugmentSpec]:
+        return {"views": AugmentSpec(views=views.aug_views, scale=(views.crop_scale, 1.0))}
 
     @abstractmethod
     def class_weights(self, task: int, classes: Tensor | None = None) -> Tensor:
@@ -153,20 +181,8 @@ class PromptMethod(Method, torch.nn.Module):
         weight = self.class_weights(task, classes).float()
         return self.logit_scale() * F.normalize(features.float(), dim=-1) @ weight.T
 
-    def param_groups(self, lr: float) -> list[dict]:
-        """Optimiser groups of the trainable tensors, each with its peak rate `lr` (`lr`: --lr)."""
-        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
-
     def batch_loss(self, data: TaskData, task: int, rows: Tensor, classes: Tensor | None, epoch: int,
                    gen: torch.Generator, share: Tensor | None = None) -> Tensor:
-        """Summed loss of one task's part of a batch: `rows` holds (image, cached view) pairs;
-        `classes` restricts the logits to those classes (class subsampling); `gen` is the
-        epoch's generator for any further random choice, so resumed runs replay exactly.
-
-        Several ranks: each is given all the rows and `share`, a mask of those it computes; a
-        method draws from `gen` for every row (so all ranks draw alike, as one process does)
-        and keeps any state it carries across batches the same on every rank.
-        """
         if share is not None:
             rows = rows[share]
         device = self.backbone.device
@@ -184,9 +200,3 @@ class PromptMethod(Method, torch.nn.Module):
             Classifier(weight=self.class_weights(t).float().cpu(), scale=self.logit_scale())
             for t in range(len(self.classnames))
         ]
-
-    def state(self) -> dict[str, Tensor]:
-        return {k: v.detach().cpu() for k, v in self.state_dict().items()}
-
-    def load_state(self, state: dict[str, Tensor]) -> None:
-        self.load_state_dict(state)
