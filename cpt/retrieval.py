@@ -68,7 +68,7 @@ def embed(method: RetrievalMethod, source: ClipSource, videos: list[Path], capti
         video = [method.encode_video(source.eval_clips(videos[i:i + batch_size], method.video_input).to(device))
                  .float().cpu() for i in range(0, len(videos), batch_size)]
         tokens = tokenize(captions, method.backbone.model.context_length)
-        text = [method.encode_text(part.to(device)).float().cpu() for part in tokens.split(batch_size)]
+        text = [method.encode_text(part.to(device)).float().cpu() for part in tokens.split(batch_size) if len(part)]
     finally:
         method.train(was)
     dim = method.backbone.geometry["embed_dim"]

@@ -5,6 +5,7 @@ order, the global-local ablation, the parameter count, and the ResNet refusal.""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import clip
@@ -235,3 +236,14 @@ def test_refusals(backbone, tiny_rn_clip):
         method(backbone, dgl_max_frames=2).encode_video(video(t=3))
     with pytest.raises(CptError, match="frames"):
         DGL.check(DGLConfig(), "retrieval", {"frames": 16})
+
+
+def test_half_precision_weights(backbone):
+    """fp16 CLIP weights (clip's convert_weights: the token embedding stays fp32) run and agree."""
+    half = copy.deepcopy(backbone)
+    clip.model.convert_weights(half.model)
+    ours, theirs = method(backbone), method(half)
+    with torch.no_grad():
+        clips = video()
+        assert torch.allclose(ours.encode_text(tokens()), theirs.encode_text(tokens()), atol=5e-3)
+        assert torch.allclose(ours.encode_video(clips), theirs.encode_video(clips), atol=5e-3)

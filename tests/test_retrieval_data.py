@@ -108,7 +108,8 @@ def test_csv_missing_video_is_skipped_with_its_captions(tmp_path):
     (["videos/a.mp4,   ,train", "videos/b.mp4,x,test"], "video,caption,split", "row 2 has an empty caption"),
     (["videos/a.mp4,x,training", "videos/b.mp4,y,test"], "video,caption,split", "split 'training'"),
     (["videos/a.mp4,x,train", "videos/b.mp4,y,"], "video,caption,split", "but not for row 3"),
-    (["videos/a.mp4,x,train", "videos/a.mp4,y,test"], "video,caption,split", r"in train \(row 2\) and in test \(row 3\)"),
+    (["videos/a.mp4,x,train", "videos/a.mp4,y,test"], "video,caption,split",
+     r"in train \(row 2\) and in test \(row 3\)"),
     (["videos/a.mp4,x,train", "videos/b.mp4,y,train"], "video,caption,split", "has no test video"),
     (["videos/a.mp4,x,test", "videos/b.mp4,y,test"], "video,caption,split", "has no train video"),
     (["videos/a.mp4,x,train", "videos/missing.mp4,y,test"], "video,caption,split", "not files, e.g."),
@@ -291,3 +292,11 @@ def test_load_retrieval_dispatch_and_errors(tmp_path, msrvtt):
     classes_csv.write_text("path,label\na.jpg,cat\n")
     with pytest.raises(CptError, match="no video and no caption column"):
         load_retrieval(classes_csv, "x", seed=0)
+
+
+def test_source_is_the_path_given(tmp_path):
+    touch(tmp_path / "videos", ["a.mp4", "b.mp4"])
+    (tmp_path / "captions.jsonl").write_text('{"video": "videos/a.mp4", "caption": "x", "split": "train"}\n'
+                                             '{"video": "videos/b.mp4", "caption": "y", "split": "test"}\n')
+    task, _ = load_retrieval(str(tmp_path), "clips", seed=0)
+    assert task.source == str(tmp_path) and task.title == "clips"

@@ -149,9 +149,9 @@ def _assemble(name: str, source: str, pairs: list[tuple[Path, str, str]], origin
     return RetrievalTask(name, source, splits), skipped
 
 
-def _from_listed(name: str, file: Path, pairs: list[Pair], seed: int, val_ratio: float | None,
+def _from_listed(name: str, source: str | Path, file: Path, pairs: list[Pair], seed: int, val_ratio: float | None,
                  test_ratio: float | None) -> tuple[RetrievalTask, list[Skipped]]:
-    """A CSV's or captions.jsonl's task: the listed splits, or a seeded split of the videos."""
+    """The task of a CSV's or captions.jsonl's `pairs`: the listed splits, or a seeded split of the videos."""
     _check_pairs(name, file, pairs)
     drawn = {} if pairs[0].split else split_videos(
         [pair.video for pair in pairs], seed,
@@ -159,7 +159,7 @@ def _from_listed(name: str, file: Path, pairs: list[Pair], seed: int, val_ratio:
     triples = [(pair.video, pair.caption, pair.split or drawn[pair.video]) for pair in pairs]
     fix = ("Check the video paths (relative to the file's folder), give the split more videos, or, without a "
            "split column, lower --val-ratio / --test-ratio.")
-    return _assemble(name, str(file), triples, str(file), fix)
+    return _assemble(name, str(source), triples, str(file), fix)
 
 
 def load_csv(path: str | Path, name: str, seed: int, val_ratio: float | None = None,
@@ -180,14 +180,15 @@ def load_csv(path: str | Path, name: str, seed: int, val_ratio: float | None = N
         if not video:
             raise CptError(f"Retrieval task {name!r}: {file} row {i + 2} has no video. Fill it in or delete the row.")
         pairs.append(Pair(_resolve(base, video), caption.strip(), split, f"row {i + 2}"))
-    return _from_listed(name, file, pairs, seed, val_ratio, test_ratio)
+    return _from_listed(name, path, file, pairs, seed, val_ratio, test_ratio)
 
 
 def _jsonl_pairs(name: str, file: Path) -> list[Pair]:
     """The captions of a captions.jsonl, one Pair per caption."""
     base = file.resolve().parent
     pairs = []
-    for number, line in enumerate(read_text_file(file, f"Retrieval task {name!r}: the file", JSONL_FIX).splitlines(), 1):
+    text = read_text_file(file, f"Retrieval task {name!r}: the file", JSONL_FIX)
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -212,7 +213,7 @@ def load_folder(folder: str | Path, name: str, seed: int, val_ratio: float | Non
     """A folder with captions.jsonl (one video with a caption or a list of captions a line, videos relative
     to the folder); without splits the videos are split under `seed` as by `load_csv`."""
     file = Path(folder) / CAPTIONS_FILE
-    return _from_listed(name, file, _jsonl_pairs(name, file), seed, val_ratio, test_ratio)
+    return _from_listed(name, folder, file, _jsonl_pairs(name, file), seed, val_ratio, test_ratio)
 
 
 def _msrvtt_file(root: Path, file: str) -> Path:
@@ -266,8 +267,8 @@ def _msrvtt_videos(root: Path) -> Path:
         if (root / folder).is_dir():
             return (root / folder).resolve()
     raise CptError(f"MSR-VTT folder {root} has no video folder: cpt reads {root}/videos/<video_id>.mp4 (or "
-                   f"videos/all/ as MSR-VTT's zip unpacks, or MSRVTT_Videos/). Unpack the MSR-VTT videos there (the 10,000 video0.mp4 ... "
-                   "video9999.mp4 files).")
+                   "videos/all/, where MSR-VTT's zip unpacks them, or MSRVTT_Videos/). Unpack the MSR-VTT videos "
+                   "(video0.mp4 ... video9999.mp4) there.")
 
 
 def load_msrvtt(root: str | Path, name: str, seed: int,

@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter, NullFormatter
 import numpy as np
 import pandas as pd
 
@@ -99,6 +100,8 @@ def plot_ranks(t2v: np.ndarray, v2t: np.ndarray, task: str, path: Path) -> None:
     ax.hist([t2v, v2t], bins=edges, histtype="step", linewidth=1.5,
             label=[f"{DIRECTIONS['t2v']} ({len(t2v)} captions)", f"{DIRECTIONS['v2t']} ({len(v2t)} videos)"])
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))  # plain text has no 10^k math labels
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("rank of the right match (1 = best)")
     ax.set_ylabel("queries")
     ax.set_title(f"{task}: retrieval ranks")

@@ -140,7 +140,7 @@ class Clip4Clip(RetrievalMethod):
         return mean_pool(frames.view(b, t, -1))
 
     def logit_scale(self) -> float:
-        return float(self.clip.logit_scale.exp())
+        return float(self.clip.logit_scale.detach().exp())
 
     def load_state(self, state: dict[str, Tensor]) -> None:
         super().load_state(state)

@@ -192,11 +192,11 @@ class DGL(RetrievalMethod):
 
     def encode_text(self, tokens: Tensor) -> Tensor:
         model = self.backbone.model
-        dtype = model.token_embedding.weight.dtype
+        dtype = model.dtype  # the image encoder's: fp16 weights keep an fp32 token embedding
         text, _ = self.prompts(1)
         eot = tokens.argmax(dim=-1)  # EOT has the largest id
         length = int(eot.max()) + 1  # later positions cannot reach any EOT (causal)
-        x = (model.token_embedding(tokens) + model.positional_embedding.to(dtype))[:, :length].to(dtype)
+        x = (model.token_embedding(tokens).to(dtype) + model.positional_embedding.to(dtype))[:, :length]
         n = len(tokens)
         k = self.n_text
         mask = torch.full((length + k, length + k), float("-inf"), device=x.device, dtype=x.dtype).triu_(1)
