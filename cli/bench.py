@@ -9,6 +9,7 @@ from rich.table import Table
 from cpt.bench.prompt import GEOMETRIES, as_dicts, machine, rank_threads, run_bench, run_rank_bench
 from cpt.bench.scpnet import run_scpnet_bench
 from cpt.bench.store import run_store_bench
+from cpt.bench.video import VIDEO_METHODS, run_video_bench
 from cpt.console import console
 from cpt.errors import CptError
 
@@ -37,6 +38,8 @@ def _counts(text: str, option: str = "--classes", what: str = "class counts", ex
   cpt bench --ranks 1,2                      # class-sharded step on 1 and 2 processes, tiny CLIP, 1,191 / 5,000 classes
 
   cpt bench --ranks 1,2,4,8 --geometry vit-b16 --device cuda
+
+  cpt bench --video                          # retrieval step per method at ViT-B/32, 12 frames; frame cache decode
 """)
 @command
 def bench_cmd(
@@ -46,6 +49,9 @@ def bench_cmd(
     store: Annotated[bool, typer.Option(help="The feature store's figures instead: files, bytes, write and cache-hit read seconds of --entries entries, against one .npy file per image.")] = False,
     entries: Annotated[int, typer.Option(help="With --store: entries (random tiny-CLIP features, dim 32) to write and read.")] = 100_000,
     ranks: Annotated[Optional[str], typer.Option(help="Comma-separated process counts: the optimised step with class-sharded text encoding on each (processes of this machine sharing its threads, gloo; one GPU each with CUDA), step time and peak memory per rank [default classes: 1191,5000; geometry: tiny].")] = None,
+    video: Annotated[bool, typer.Option(help="Text-video retrieval's figures instead: a step of zero-shot encoding, coop-video, clip4clip and dgl on --batch videos of --frames frames [default geometry: vit-b32], and the frame cache's decoded frames per second, cold and warm.")] = False,
+    frames: Annotated[int, typer.Option(help="With --video: frames per video.")] = 12,
+    batch: Annotated[int, typer.Option(help="With --video: videos (and captions) per step.")] = 8,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     precision: Annotated[str, typer.Option(help="fp32, fp16 or bf16 for the frozen CLIP.")] = "fp32",
     repeats: Annotated[int, typer.Option(help="Timed steps per path (median reported), after one warm-up.")] = 5,
@@ -56,6 +62,9 @@ def bench_cmd(
     """Time the optimised training step against a naive CoOp loop (full context, images re-encoded)."""
     if store:
         _store(entries, json_out, quiet)
+        return
+    if video:
+        _video(list(geometry or ["vit-b32"]), device, frames, batch, repeats, json_out, quiet)
         return
     if ranks is not None:
         _ranks(_counts(ranks, "--ranks", "process counts", "1,2"), list(geometry or ["tiny"]),
@@ -133,4 +142,28 @@ def _ranks(ranks: list[int], geometries: list[str], counts: list[int], device: s
     for r in rows:
         table.add_row(r.geometry, str(r.classes), str(r.ranks), f"{r.step_ms:.1f}", f"{r.steps_per_s:.1f}",
                       f"{r.peak_mb:.0f}", f"{r.speedup:.2f}", f"{r.memory_ratio:.2f}", f"{r.max_logit_diff:.0e}")
+    console.print(table)
+
+
+def _video(geometries: list[str], device: str, frames: int, batch: int, repeats: int, json_out: bool,
+           quiet: bool) -> None:
+    steps, decode = run_video_bench(geometries, list(VIDEO_METHODS), device, frames, batch, repeats)
+    where = machine()
+    if json_out:
+        emit_json({"machine": where, "steps": as_dicts(steps), "decode": as_dicts(decode)})
+    if quiet:
+        return
+    table = Table(title=f"retrieval step on {where}: {batch} videos x {frames} frames, random weights; MB: activations "
+                        "(CPU) / max allocated (CUDA); zero-shot: encoding only")
+    for col in ("model", "method", "ms/step", "videos/s", "MB", "trained params", "% of CLIP"):
+        table.add_column(col, justify="right")
+    for r in steps:
+        table.add_row(r.geometry, r.method, f"{r.step_ms:.0f}", f"{r.videos_per_s:.1f}", f"{r.peak_mb:.0f}",
+                      f"{r.trainable:,}", f"{r.trainable_share:.2f}")
+    console.print(table)
+    table = Table(title="frame cache: 224 x 224 mp4, decoded (cold) and read back (warm)")
+    for col in ("cache", "videos", "frames/s"):
+        table.add_column(col, justify="right")
+    for r in decode:
+        table.add_row(r.cache, str(r.videos), f"{r.frames_per_s:.0f}")
     console.print(table)

@@ -50,7 +50,7 @@ def training_pairs(kind: TaskKind, method: RetrievalMethod, task: RetrievalTask,
     videos, owners, captions = _readable_pairs(task, "train", source)
     kind.check_training(task, owners.numpy())
     dim = source.backbone.geometry["embed_dim"]
-    tokens = tokenize(captions, source.backbone.model.context_length)
+    tokens = tokenize(captions, source.backbone.model)
     clips = TrainClips(source, videos, owners, views, seed, method.video_input)
     empty = torch.empty(0, dim)
     return TaskData(task.name, [], kind, owners, clips, empty, empty, torch.empty(0, dtype=torch.long),
@@ -67,7 +67,7 @@ def embed(method: RetrievalMethod, source: ClipSource, videos: list[Path], capti
     try:
         video = [method.encode_video(source.eval_clips(videos[i:i + batch_size], method.video_input).to(device))
                  .float().cpu() for i in range(0, len(videos), batch_size)]
-        tokens = tokenize(captions, method.backbone.model.context_length)
+        tokens = tokenize(captions, method.backbone.model)
         text = [method.encode_text(part.to(device)).float().cpu() for part in tokens.split(batch_size) if len(part)]
     finally:
         method.train(was)

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import av
+import clip
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,7 +18,6 @@ import torch.nn.functional as F
 from cpt_datasets import toy_video
 
 from cpt.core.backbone import load_backbone
-from cpt.core.text import tokenize
 from cpt.data.video import FrameCache, FrameSampling, normalise
 from tests.conftest import cli, fit_json
 
@@ -67,7 +67,7 @@ def _zero_shot_similarity(run: Path, frames: int = 12) -> np.ndarray:
             clip = normalise(torch.from_numpy(decoded[picks]).permute(0, 3, 1, 2), pre)
             feats = F.normalize(model.encode_image(clip).float(), dim=-1)
             embeddings.append(F.normalize(feats.mean(0), dim=0))
-        text = F.normalize(model.encode_text(tokenize(captions, model.context_length)).float(), dim=-1)
+        text = F.normalize(model.encode_text(clip.tokenize(captions, context_length=model.context_length)).float(), dim=-1)
     return (torch.stack(embeddings) @ text.T).numpy()
 
 
@@ -150,14 +150,14 @@ def test_exported_encoders_give_the_runs_similarities(zeroshot, tmp_path):
     pre = load_backbone("toy", "cpu").preprocess
     clips = torch.stack([normalise(cache.clip(Path(p)), pre) for p in order])
     with torch.no_grad():
-        sim = (video(clips) @ text(tokenize(captions, meta["context_length"])).T).numpy()
+        sim = (video(clips) @ text(clip.tokenize(captions, context_length=meta["context_length"])).T).numpy()
     np.testing.assert_allclose(sim, _zero_shot_similarity(run), atol=1e-4)
     # ONNX: the same graphs through onnxruntime
     ort = pytest.importorskip("onnxruntime")
     code, _, err = cli("export", run, "--format", "onnx", "--out", tmp_path / "onnx", "--quiet")
     assert code == 0, err
     text_onnx, video_onnx = (ort.InferenceSession(str(tmp_path / "onnx" / f"{n}.onnx")) for n in ("text", "video"))
-    tokens = tokenize(captions, meta["context_length"]).numpy()
+    tokens = clip.tokenize(captions, context_length=meta["context_length"]).numpy()
     sim_onnx = video_onnx.run(None, {"video": clips.numpy()})[0] @ text_onnx.run(None, {"text": tokens})[0].T
     np.testing.assert_allclose(sim_onnx, sim, atol=1e-4)
 

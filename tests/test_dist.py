@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import clip
 import pandas as pd
 import pytest
 import torch
@@ -19,7 +20,6 @@ import torch.nn.functional as F
 from cpt import dist
 from cpt.core.backbone import load_backbone
 from cpt.core.prompt import ClassPrompts, PromptConfig, init_context
-from cpt.core.text import tokenize
 from cpt.data.features import AugmentSpec, FeatureCache
 from cpt.errors import CptError
 from cpt.kinds import KINDS
@@ -140,7 +140,7 @@ def _pairs(n: int, classes: list[str], seed: int) -> TaskData:
     words = ["red", "blue", "circle", "square", "left", "right", "moves", "appears"]
     captions = [" ".join(words[(i * 3 + k) % len(words)] for k in range(1 + i % 4)) for i in range(n)]
     return TaskData(f"v{seed}", [], KINDS["retrieval"], videos, torch.randn(n, 2, 3, dim, generator=gen),
-                    torch.empty(0, dim), torch.empty(0, dim), torch.empty(0), tokens=tokenize(captions, 77))
+                    torch.empty(0, dim), torch.empty(0, dim), torch.empty(0), tokens=clip.tokenize(captions, context_length=77))
 
 
 def _train(clip: Path, method: str, options: dict, train_options: dict) -> tuple[dict, list[dict]]:

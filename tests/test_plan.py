@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from cpt_datasets import toy_video
 
 from cpt.errors import CptError
 from cpt.methods import METHODS
@@ -63,9 +64,9 @@ def test_fit_help_lists_every_option_once_with_at_most_one_default():
     defaults = {name: texts[0].count("[default:") for name, texts in rows.items()}
     assert not [name for name, n in defaults.items() if n > 1], defaults
     # an option several methods declare shows each method's default once, in one place
-    assert "[default: 16; scpnet: 4]" in rows["--n-ctx"][0]
+    assert "[default: 16; scpnet: 4; coop-video: 4]" in rows["--n-ctx"][0]
     assert "[default: 0.125]" in rows["--lambda-u"][0]
-    methods = re.search(r"One of: ([a-z, -]+)\.", rows["--method"][0]).group(1).split(", ")
+    methods = re.search(r"One of: ([a-z0-9, -]+)\.", rows["--method"][0]).group(1).split(", ")
     assert methods == list(METHODS)
 
 
@@ -79,7 +80,7 @@ def test_each_option_is_declared_once_and_by_one_help_text():
     names = [s.name for s in fit_options()]
     assert len(names) == len(set(names))
     n_ctx = next(s for s in fit_options() if s.name == "n_ctx")
-    assert n_ctx.defaults["coop"] == 16 and n_ctx.defaults["scpnet"] == 4 and n_ctx.default_text() == "16; scpnet: 4"
+    assert n_ctx.defaults["coop"] == 16 and n_ctx.defaults["scpnet"] == 4 and n_ctx.default_text() == "16; scpnet: 4; coop-video: 4"
 
 
 # --- values out of range: exit 2 naming the flag, nothing written ----------------------------------------
@@ -124,10 +125,12 @@ def test_multi_label_values_out_of_range_exit_2(tiny_clip, ml_folder, tmp_path, 
 
 NOT_APPLICABLE = [  # method, extra arguments, the flag, what the message says uses it
     ("coop", ["--lambda-u", "1"], "--lambda-u", ["scpnet"]),
-    ("zeroshot", ["--epochs", "3"], "--epochs", ["coop", "coop-shared", "softcpt", "scpnet"]),
-    ("linear-probe", ["--lr", "0.1"], "--lr", ["coop", "coop-shared", "softcpt", "scpnet"]),
+    ("zeroshot", ["--epochs", "3"], "--epochs", ["coop", "coop-shared", "softcpt", "scpnet", "coop-video", "clip4clip",
+                                                 "dgl"]),
+    ("linear-probe", ["--lr", "0.1"], "--lr", ["coop", "coop-shared", "softcpt", "scpnet", "coop-video", "clip4clip",
+                                               "dgl"]),
     ("coop", ["--variant", "nats"], "--variant", ["softcpt"]),
-    ("zeroshot", ["--n-ctx", "4"], "--n-ctx", ["coop", "coop-shared", "softcpt", "scpnet"]),
+    ("zeroshot", ["--n-ctx", "4"], "--n-ctx", ["coop", "coop-shared", "softcpt", "scpnet", "coop-video"]),
     ("coop", ["--known-ratio", "0.5"], "--known-ratio", ["not for single-label tasks"]),
 ]
 
@@ -175,8 +178,9 @@ def test_plan_gives_each_method_its_own_defaults_and_checks_the_kind(colours, ml
         plan(FitRequest(method="coop", tasks=f"c={colours}", options={"lambda_u": 1.0}))
 
 
-def test_every_switch_a_method_lists_is_one_it_accepts(colours, ml_folder):
-    tasks = {"single-label": f"c={colours}", "multi-label": f"m={ml_folder}"}
+def test_every_switch_a_method_lists_is_one_it_accepts(colours, ml_folder, tmp_path):
+    toy_video.build(tmp_path / "videos", n={"train": 4, "val": 2, "test": 2})
+    tasks = {"single-label": f"c={colours}", "multi-label": f"m={ml_folder}", "retrieval": f"v={tmp_path / 'videos'}"}
     refused = []
     for name, cls in METHODS.items():
         for kind in cls.kinds:

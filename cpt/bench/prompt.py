@@ -37,6 +37,7 @@ GEOMETRIES: dict[str, dict | None] = {
     "toy": None,  # the shipped toy CLIP
     "rn50": dict(embed_dim=1024, image_resolution=224, vision_layers=(3, 4, 6, 3), vision_width=64,
                  vision_patch_size=None, **_TEXT),
+    "vit-b32": dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=32, **_TEXT),
     "vit-b16": dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=16, **_TEXT),
 }
 WORDS = ["red", "small", "spotted", "northern", "great", "common", "sea", "garden", "wild", "giant", "snow", "river"]

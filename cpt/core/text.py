@@ -137,10 +137,3 @@ def encode_shared_prefix(model: CLIP, prefix: Tensor, suffix: Tensor, eot: Tenso
     rows = torch.arange(xs.shape[0], device=xs.device)
     return xs[rows, (eot - p_len).to(xs.device)] @ model.text_projection  # (n, embed_dim)
 
-
-def tokenize(texts: list[str], context_length: int) -> Tensor:
-    """CLIP's token ids (n, context_length) of free texts (captions, queries), each cut to fit
-    with its EOT kept."""
-    if not texts:
-        return torch.zeros(0, context_length, dtype=torch.long)
-    return clip.tokenize(texts, context_length=context_length, truncate=True)

@@ -151,7 +151,8 @@ class DGL(RetrievalMethod):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             if cfg.dgl_latent == "linear":
-                self.latent = _uniform((self.layers, self.n_local, latent), math.sqrt(6.0 / (3 * patch * patch + latent)))
+                bound = math.sqrt(6.0 / (3 * patch * patch + latent))
+                self.latent = _uniform((self.layers, self.n_local, latent), bound)
                 groups = self.n_text // self.n_local
                 self.text_proj = nn.Linear(latent, groups * self.text_width) if groups else None
             else:
@@ -160,7 +161,8 @@ class DGL(RetrievalMethod):
                 self.text_mlp = nn.Sequential(nn.Linear(latent, 2 * latent), QuickGELU(),
                                               nn.Linear(2 * latent, self.text_width)) if self.n_text else None
             self.to_visual = nn.Identity() if latent == self.width else nn.Linear(latent, self.width)
-            self.global_prompts = _uniform((self.n_global, self.width), math.sqrt(6.0 / (3 * patch * patch + self.width)))
+            bound = math.sqrt(6.0 / (3 * patch * patch + self.width))
+            self.global_prompts = _uniform((self.n_global, self.width), bound)
             self.temporal = nn.Parameter(torch.randn(self.frames, self.width) * 0.02) if cfg.dgl_temporal else None
         self.to(backbone.device)
 
