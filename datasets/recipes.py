@@ -31,7 +31,7 @@ from cpt.data.recipes import Recipe, register
 from cpt.data.taskfile import TaskSpec
 from cpt.io import cache_root, write_refused, write_text
 
-VERSION = "v3"  # bump when the generator changes, so stale materialisations are not reused
+VERSION = "v4"  # bump when the generator changes, so stale materialisations are not reused
 TOY_SPLITS = {"train": 32, "val": 8, "test": 40}  # images per class
 # Shapes and colours are drawn faded towards the background, a condition pretraining never
 # saw: zero-shot knows the words but meets them in an unfamiliar look, so tuning has room.

@@ -4,14 +4,21 @@ A clip is 16 frames at 8 fps of the toy world's scenes (toy_world: its shapes, C
 backgrounds, SIZE x SIZE pixels, the shipped toy CLIP's resolution), written as a real mp4
 file (MPEG-4 Part 2 at a fixed fine quantiser, yuv420p) with 2-3 captions in varied words.
 One or two objects take part in an event: an object moves left, right, up or down; appears
-or disappears; changes colour from A to B; or one object appears, then another.
+or disappears; changes colour from A to B; grows or shrinks; becomes two (or one of two goes);
+or one object appears, then another.
 
 Order and direction matter, and no single frame or average of frames tells them apart:
 clips come in twins, each the other played backwards ("moves left" / "moves right" over the
-same positions, "from red to blue" / "from blue to red", "appears" / "disappears", "X
-appears, then Y" / "Y appears, then X"). The twins hold the same multiset of frames, so
+same positions, "from red to blue" / "from blue to red", "appears" / "disappears", "small,
+then large" / "large, then small", "one, then two" / "two, then one", "X appears, then Y" / "Y
+appears, then X"). The twins hold the same multiset of frames, so
 mean pooling of frame features gives both one video embedding while their captions differ:
 only a model of time can match them. Twins are videos 2k and 2k+1 and share a split.
+
+The shipped toy CLIP was pretrained on still scenes: words such as "left", "moves", "appears"
+or "then" have no embedding in it (their rows are zero), so the captions of a moving or
+appearing twin pair encode alike in it, and only the colour, size, count and sequence twins
+(whose captions order words it knows) can be told apart by any method on `--backbone toy`.
 
 Layout: `videos/<id>.mp4` and `captions.jsonl`, one line per caption:
 {"video": "videos/<id>.mp4", "caption": "...", "split": "train" | "val" | "test"}.
@@ -20,21 +27,19 @@ Layout: `videos/<id>.mp4` and `captions.jsonl`, one line per caption:
 from __future__ import annotations
 
 import json
-from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
-import av
 import numpy as np
 from cpt_datasets import recipes
 from cpt_datasets import toy_world as W
 
+from cpt.data.video import write_video
 from cpt.io import write_text
 
 FPS = 8
 LENGTH = 16  # frames per clip: two seconds
-SPLITS = {"train": 192, "val": 32, "test": 64}  # videos per split; even, as twins share a split
-QUANTISER = "2"  # MPEG-4 Part 2's finest usual quantiser (ffmpeg -q:v 2): colours survive encoding
+SPLITS = {"train": 768, "val": 64, "test": 128}  # videos per split; even, as twins share a split
 
 Side = tuple[str, dict[str, str]]  # an event's name and the words its captions are filled with
 Twin = tuple[list[W.Scene], Side, Side]  # a clip's scenes, its event, the event of it played backwards
@@ -52,6 +57,10 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     "disappears": ("{a_o} disappears", "the {o} vanishes", "{o} disappearing", "{a_o} goes out of view"),
     "changes colour": ("{a_shape} changes from {first} to {second}", "the {shape} turns from {first} to {second}",
                        "{first} {shape} becoming {second}", "{a_shape} switching colour from {first} to {second}"),
+    "changes size": ("{a_first} {o} becoming {second}", "{first} {o}, then {second}", "the {o} goes from {first} to "
+                     "{second}", "{a_first} {o} turning {second}"),
+    "changes count": ("{first} {os}, then {second}", "{first} {o_n1} becoming {second}", "from {first} {o_n1} to "
+                      "{second}", "{first} {o_n1} turning into {second}"),
     "one after the other": ("{a_x} appears, then {a_y}", "first {a_x}, then {a_y}", "{x} followed by {y}",
                             "{a_x} shows up before {a_y}"),
 }
@@ -128,6 +137,32 @@ def _colour(rng: np.random.Generator, backdrop: W.Scene) -> Twin:
             ("changes colour", _words(shape=obj.shape, first=second, second=first)))
 
 
+def _size(rng: np.random.Generator, backdrop: W.Scene) -> Twin:
+    """An object that is small in the first half and large in the second; backwards, large then small.
+    The toy CLIP knows "small" and "large": the twins' captions differ in the order of known words."""
+    small, large = int(rng.integers(4, 6)), int(rng.integers(8, 10))
+    centre = int(rng.integers(large + 1, W.SIZE - 1 - large)), int(rng.integers(large + 1, W.SIZE - 1 - large))
+    obj = _object(rng, centre, small)
+    grown = W.Object(obj.shape, obj.colour, obj.centre, large)
+    scenes = [W.Scene((o,), backdrop.texture, backdrop.shade) for o in [obj] * (LENGTH // 2) + [grown] * (LENGTH // 2)]
+    return (scenes, ("changes size", _words(o=_name(obj), first="small", second="large")),
+            ("changes size", _words(o=_name(obj), first="large", second="small")))
+
+
+def _count(rng: np.random.Generator, backdrop: W.Scene) -> Twin:
+    """One object in the first half, two of it in the second (a copy in the other half); backwards,
+    two then one. The count words are the toy CLIP's."""
+    radius = int(rng.integers(4, 7))
+    left = int(rng.integers(2))
+    obj = _object(rng, _centre(rng, radius, left), radius)
+    copy = W.Object(obj.shape, obj.colour, _centre(rng, radius, 1 - left), radius)
+    one, two = W.Scene((obj,), backdrop.texture, backdrop.shade), W.Scene((obj, copy), backdrop.texture, backdrop.shade)
+    name = _name(obj)
+    words = {"o": name, "os": W.plural(name), "o_n1": name}
+    return ([one] * (LENGTH // 2) + [two] * (LENGTH // 2), ("changes count", {**words, "first": "one", "second": "two"}),
+            ("changes count", {**words, "first": "two", "second": "one"}))
+
+
 def _sequence(rng: np.random.Generator, backdrop: W.Scene) -> Twin:
     """Nothing, then object X, then object Y in the other half, then nothing: X appears, then Y;
     backwards, Y appears, then X. The two objects differ in colour, so the words tell them apart."""
@@ -144,7 +179,7 @@ def _sequence(rng: np.random.Generator, backdrop: W.Scene) -> Twin:
 
 
 EVENTS: tuple[Callable[[np.random.Generator, W.Scene], Twin], ...] = (
-    _horizontal, _vertical, _appearance, _colour, _sequence)
+    _horizontal, _vertical, _appearance, _colour, _size, _count, _sequence)
 
 
 def _backdrop(rng: np.random.Generator) -> W.Scene:
@@ -156,21 +191,6 @@ def render_clip(scenes: list[W.Scene], noise: int) -> list[np.ndarray]:
     """(SIZE, SIZE, 3) uint8 frames of `scenes`, each drawn with the same noise seed so that the
     background and an object's colour stay still from frame to frame."""
     return [np.asarray(W.render(scene, np.random.default_rng(noise))) for scene in scenes]
-
-
-def write_video(path: Path, frames: list[np.ndarray], fps: int = FPS) -> None:
-    """`frames` (at least one; (h, w, 3) uint8 each, h and w even) as an mp4 video of `fps` frames a second."""
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = "yuv420p"
-        stream.bit_rate = 4_000_000  # far above need: the quantiser, not the rate, sets the quality
-        stream.options = {"qmin": QUANTISER, "qmax": QUANTISER}
-        for i, image in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, fps)
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())  # flush the encoder
 
 
 def _captions(side: Side, rng: np.random.Generator) -> list[str]:
@@ -202,7 +222,7 @@ def build(folder: Path, seed: int = 0, n: dict[str, int] | None = None) -> None:
             clips = [(frames, forward), (frames[::-1], backward)]
             for clip, side in clips[:: 1 if rng.random() < 0.5 else -1]:  # either may come first
                 video = f"videos/{index:04d}.mp4"
-                write_video(folder / video, clip)
+                write_video(folder / video, clip, FPS)
                 rows += [{"video": video, "caption": c, "split": split} for c in _captions(side, rng)]
                 index += 1
     write_text(folder / "captions.jsonl", "".join(json.dumps(row) + "\n" for row in rows))

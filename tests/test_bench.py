@@ -113,3 +113,18 @@ def test_store_bench_counts_files_bytes_and_reads_back_every_entry():
     assert new["bytes"] > 300 * (48 + 4 * 32) and new["read_speedup"] == pytest.approx(old["read_s"] / new["read_s"])
     code, _, err = cli("bench", "--store", "--entries", "0")
     assert code == 2 and "--entries" in err
+
+
+def test_bench_video_times_every_retrieval_method_and_the_frame_cache():
+    code, out, err = cli("bench", "--video", "--geometry", "tiny", "--frames", "2", "--batch", "2", "--repeats", "1",
+                         "--json", "--quiet")
+    assert code == 0, err
+    figures = json.loads(out)
+    rows = {r["method"]: r for r in figures["steps"]}
+    assert list(rows) == ["zeroshot-video", "coop-video", "clip4clip", "dgl"]
+    assert rows["zeroshot-video"]["trainable"] == 0 and rows["coop-video"]["trainable"] == 4 * 64  # 4 context tokens
+    clip_params = sum(p.numel() for p in make_clip(TINY_VIT).parameters())  # bench's tiny geometry is TINY_VIT's
+    assert rows["clip4clip"]["trainable_share"] == pytest.approx(100 * rows["clip4clip"]["trainable"] / clip_params)
+    assert rows["clip4clip"]["trainable"] == clip_params  # full fine-tuning: every weight
+    assert [d["cache"] for d in figures["decode"]] == ["cold", "warm"]
+    assert all(r["step_ms"] > 0 for r in figures["steps"])

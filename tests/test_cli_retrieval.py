@@ -64,8 +64,8 @@ def _zero_shot_similarity(run: Path, frames: int = 12) -> np.ndarray:
             decoded = cache.frames(Path(path))
             n = len(decoded)
             picks = [int((2 * k + 1) * n / (2 * frames)) for k in range(frames)]  # segment centres
-            clip = normalise(torch.from_numpy(decoded[picks]).permute(0, 3, 1, 2), pre)
-            feats = F.normalize(model.encode_image(clip).float(), dim=-1)
+            pixels = normalise(torch.from_numpy(decoded[picks]).permute(0, 3, 1, 2), pre)
+            feats = F.normalize(model.encode_image(pixels).float(), dim=-1)
             embeddings.append(F.normalize(feats.mean(0), dim=0))
         text = F.normalize(model.encode_text(clip.tokenize(captions, context_length=model.context_length)).float(), dim=-1)
     return (torch.stack(embeddings) @ text.T).numpy()

@@ -16,7 +16,7 @@ from cpt_datasets import toy_world as W
 from cpt.core.backbone import Preprocess
 from cpt.data import video
 from cpt.data.images import Unreadable
-from cpt.data.video import FrameCache, FrameSampling, check_video, decode, normalise, sample_indices
+from cpt.data.video import FrameCache, FrameSampling, check_video, decode, normalise, sample_indices, write_video
 
 
 def _moving(n: int = 16) -> list[np.ndarray]:
@@ -29,7 +29,7 @@ def _moving(n: int = 16) -> list[np.ndarray]:
 def clip_file(tmp_path: Path) -> tuple[Path, np.ndarray]:
     frames = _moving()
     path = tmp_path / "moving.mp4"
-    V.write_video(path, frames)
+    write_video(path, frames)
     return path, np.stack(frames)
 
 
@@ -67,7 +67,7 @@ def test_fps_cap_keeps_the_frames_nearest_the_grid(clip_file):
 def test_decode_resizes_and_centre_crops_like_clip(tmp_path):
     wide = [np.concatenate([f, f[:, :16]], axis=1) for f in _moving(4)]  # (32, 48, 3)
     path = tmp_path / "wide.mp4"
-    V.write_video(path, wide)
+    write_video(path, wide)
     with av.open(str(path)) as container:
         raw = [f.to_image() for f in container.decode(video=0)]
     np.testing.assert_array_equal(decode(path, None, 32), np.stack([np.asarray(im)[:, 8:40] for im in raw]))

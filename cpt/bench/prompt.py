@@ -154,20 +154,13 @@ def bench_one(geometry: str, n_classes: int, device: torch.device, precision: st
     return rows
 
 
-def time_steps(step: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer, device: torch.device,
-               repeats: int, after_backward: Callable[[torch.Tensor], object] | None = None) -> tuple[float, float]:
-    """Median seconds and peak memory (MB) of `repeats` optimiser steps on `step()`'s loss, after one
-    warm-up; `after_backward(loss)` runs before each update (the gradient all-reduce of several ranks)."""
+def time_calls(call: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, float]:
+    """Median seconds and peak memory (MB) of `repeats` calls of `call`, after one warm-up."""
     times, peak = [], 0.0
     for i in range(repeats + 1):
         with PeakMemory(device) as mem:
             t0 = time.perf_counter()
-            loss = step()
-            loss.backward()
-            if after_backward is not None:
-                after_backward(loss)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            call()
             if device.type == "cuda":
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - t0
@@ -175,6 +168,21 @@ def time_steps(step: Callable[[], torch.Tensor], optimizer: torch.optim.Optimize
             times.append(elapsed)
             peak = max(peak, mem.peak)
     return statistics.median(times), peak
+
+
+def time_steps(step: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer, device: torch.device,
+               repeats: int, after_backward: Callable[[torch.Tensor], object] | None = None) -> tuple[float, float]:
+    """Median seconds and peak memory (MB) of `repeats` optimiser steps on `step()`'s loss, after one
+    warm-up; `after_backward(loss)` runs before each update (the gradient all-reduce of several ranks)."""
+    def one_step() -> None:
+        loss = step()
+        loss.backward()
+        if after_backward is not None:
+            after_backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return time_calls(one_step, device, repeats)
 
 
 PRECISIONS = ("fp32", "fp16", "bf16")

@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from cpt_datasets import toy_video
 
-from cpt.bench.prompt import GEOMETRIES, PeakMemory, build_model, time_steps
+from cpt.bench.prompt import GEOMETRIES, build_model, time_calls, time_steps
 from cpt.core.backbone import Backbone, Preprocess, resolve_device
 from cpt.core.text import tokenize
-from cpt.data.video import FrameCache, FrameSampling
+from cpt.data.video import FrameCache, FrameSampling, write_video
 from cpt.errors import CptError
 from cpt.kinds import KINDS
 from cpt.methods import TaskData, build_method
@@ -87,24 +86,17 @@ def bench_step(geometry: str, name: str, device: str = "auto", frames: int = 12,
                         100 * trainable / clip_params)
 
 
-@torch.no_grad()
 def _time_encoding(backbone: Backbone, method: RetrievalMethod, pixels: torch.Tensor, tokens: torch.Tensor,
                    device: torch.device, repeats: int) -> tuple[float, float]:
-    times, peak = [], 0.0
     b, t = pixels.shape[:2]
-    for i in range(repeats + 1):
-        with PeakMemory(device) as mem:
-            t0 = time.perf_counter()
-            feats = backbone.model.encode_image(pixels.flatten(0, 1).to(device)).float().view(b, t, -1)
-            method.encode_video(feats)
-            method.encode_text(tokens.to(device))
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            elapsed = time.perf_counter() - t0
-        if i:
-            times.append(elapsed)
-            peak = max(peak, mem.peak)
-    return float(np.median(times)), peak
+
+    @torch.no_grad()
+    def encode() -> None:
+        feats = backbone.model.encode_image(pixels.flatten(0, 1).to(device)).float().view(b, t, -1)
+        method.encode_video(feats)
+        method.encode_text(tokens.to(device))
+
+    return time_calls(encode, device, repeats)
 
 
 def _clip(i: int, size: int = 224, length: int = 48) -> list[np.ndarray]:
@@ -126,7 +118,7 @@ def bench_decode(n_videos: int = 8) -> list[DecodeRow]:
         paths = []
         for i in range(n_videos):
             paths.append(Path(tmp) / f"{i}.mp4")
-            toy_video.write_video(paths[-1], _clip(i))
+            write_video(paths[-1], _clip(i))
         rows = []
         for label in ("cold", "warm"):
             cache = FrameCache(Path(tmp) / "frames", FrameSampling(12, None, 224))

@@ -31,20 +31,26 @@ class Prediction:
     logits: list[float]  # every class, in class order
 
 
-def list_images(inputs: list[str]) -> list[Path]:
-    """Image files named directly, plus the image files under named folders (recursive, sorted)."""
+def list_files(inputs: list[str], suffixes: tuple[str, ...] | set[str], what: str) -> list[Path]:
+    """Files named directly, plus the files with one of `suffixes` under named folders (recursive,
+    sorted); `what` names them in errors ("image", "video")."""
     found: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found += sorted(f for f in p.rglob("*") if not f.is_dir() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            found += sorted(f for f in p.rglob("*") if not f.is_dir() and f.suffix.lower() in suffixes)
         elif p.exists():
             found.append(p)
         else:
-            raise CptError(f"{item} does not exist; give image files or folders of images.")
+            raise CptError(f"{item} does not exist; give {what} files or folders of {what}s.")
     if not found:
-        raise CptError(f"No image files found in {', '.join(inputs)}.")
+        raise CptError(f"No {what} files ({', '.join(sorted(suffixes))}) found in {', '.join(inputs)}.")
     return found
+
+
+def list_images(inputs: list[str]) -> list[Path]:
+    """Image files named directly, plus the image files under named folders (recursive, sorted)."""
+    return list_files(inputs, IMAGE_EXTENSIONS, "image")
 
 
 def check_options(top_k: int, threshold: float) -> None:

@@ -19,6 +19,7 @@ from cpt import run as R
 from cpt.console import log
 from cpt.data.clips import ClipSource
 from cpt.data.video import VIDEO_SUFFIXES
+from cpt.deploy.predict import list_files
 from cpt.errors import CptError
 from cpt.io import save_torch
 from cpt.kinds.retrieval import RetrievalOptions
@@ -47,18 +48,7 @@ class Match:
 
 def list_videos(inputs: list[str]) -> list[Path]:
     """Video files named directly, plus the video files under named folders (recursive, sorted)."""
-    found: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_SUFFIXES)
-        elif p.exists():
-            found.append(p)
-        else:
-            raise CptError(f"{item} does not exist; give video files or folders of videos.")
-    if not found:
-        raise CptError(f"No video files ({', '.join(VIDEO_SUFFIXES)}) found in {', '.join(inputs)}.")
-    return found
+    return list_files(inputs, VIDEO_SUFFIXES, "video")
 
 
 def build_index(run: Path, method: RetrievalMethod, source: ClipSource, videos: list[Path]) -> VideoIndex:

@@ -32,7 +32,9 @@ def mean_pool(frames: Tensor) -> Tensor:
 
 
 @dataclass
-class ZeroShotVideoConfig(Options):
+class PlainConfig(Options):
+    """No options of its own."""
+
     seed: int = 0
 
 
@@ -41,7 +43,7 @@ class ZeroShotVideo(RetrievalMethod):
     """CLIP's own text and (mean-pooled) image features."""
 
     name = "zeroshot-video"
-    Config = ZeroShotVideoConfig
+    Config = PlainConfig
     summary = "Zero-shot CLIP for text-video retrieval: the mean of a video's frame features (Luo et al., 2022)."
     trains = False
     uses = ()
@@ -105,23 +107,18 @@ class CoOpVideo(RetrievalMethod):
         return mean_pool(video)
 
 
-@dataclass
-class Clip4ClipConfig(Options):
-    seed: int = 0
-
-
 @register
 class Clip4Clip(RetrievalMethod):
     """Every CLIP weight trains; videos are the mean of their frames' features."""
 
     name = "clip4clip"
-    Config = Clip4ClipConfig
+    Config = PlainConfig
     summary = "Full fine-tuning baseline: CLIP4Clip's mean pooling, every CLIP weight trained (Luo et al., 2022)."
     trains = True
     video_input = "pixels"
     image_features = "encoded every step (the image encoder trains)"
 
-    def __init__(self, backbone: Backbone, classnames: list[list[str]], cfg: Clip4ClipConfig,
+    def __init__(self, backbone: Backbone, classnames: list[list[str]], cfg: PlainConfig,
                  titles: list[str] | None = None) -> None:
         super().__init__(backbone, classnames, cfg, titles)
         if backbone.precision != "fp32":
