@@ -208,13 +208,24 @@ def emit_json(obj: Any) -> None:
 
 
 def show_metrics(metrics: pd.DataFrame, title: str) -> None:
-    """A task x metric table on stderr."""
+    """A task x metric table on stderr; metric x task when there are more metrics than fit across
+    a terminal (retrieval's two directions)."""
     wide = metrics.pivot_table(index="task", columns="metric", values="value", sort=False)
+
+    def cell(metric: str, v: float) -> str:
+        return "-" if pd.isna(v) else f"{v:.0f}" if metric.startswith("n_") else f"{v:.2f}"
+
     table = Table(title=title)
-    table.add_column("task")
-    for col in wide.columns:
-        table.add_column(col, justify="right")
-    for task, row in wide.iterrows():
-        table.add_row(str(task), *("-" if pd.isna(v) else f"{v:.0f}" if col.startswith("n_") else f"{v:.2f}"
-                                   for col, v in row.items()))
+    if len(wide.columns) > 8:
+        table.add_column("metric")
+        for task in wide.index:
+            table.add_column(str(task), justify="right")
+        for metric in wide.columns:
+            table.add_row(str(metric), *(cell(metric, v) for v in wide[metric]))
+    else:
+        table.add_column("task")
+        for col in wide.columns:
+            table.add_column(col, justify="right")
+        for task, row in wide.iterrows():
+            table.add_row(str(task), *(cell(col, v) for col, v in row.items()))
     console.print(table)

@@ -29,7 +29,7 @@ HEADLINE = {"accuracy": "accuracy", "mean_per_class_accuracy": "mean per-class a
 PLAIN_TEXT = {"text.parse_math": False, "text.usetex": False}
 
 
-def _plain_text(plot):
+def plain_text(plot):
     """Run a plot function (figure creation to saving) with PLAIN_TEXT settings."""
     @functools.wraps(plot)
     def wrapper(*args, **kwargs):
@@ -38,13 +38,14 @@ def _plain_text(plot):
     return wrapper
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
+def save_figure(fig: plt.Figure, path: Path) -> None:
+    """Write a figure as PNG atomically and free it."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
-@_plain_text
+@plain_text
 def plot_confusion(preds: TaskPredictions, path: Path) -> None:
     """Confusion matrix heat map; counts written in cells up to 20 classes, names up to 40."""
     matrix = confusion(preds)
@@ -62,10 +63,10 @@ def plot_confusion(preds: TaskPredictions, path: Path) -> None:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"{preds.task}: confusion matrix")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-@_plain_text
+@plain_text
 def plot_class_bars(per_class: pd.DataFrame, task: str, column: str, label: str, path: Path) -> None:
     """Horizontal bars of a per-class percentage (accuracy, AP), best at the top."""
     rows = per_class[per_class.task == task].dropna(subset=[column]).sort_values(column)
@@ -74,7 +75,7 @@ def plot_class_bars(per_class: pd.DataFrame, task: str, column: str, label: str,
     ax.set_xlim(0, 100)
     ax.set_xlabel(f"{label} (%)")
     ax.set_title(f"{task}: per-class {label}")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 @dataclass
@@ -101,7 +102,7 @@ def pr_curves(classnames: list[str], scores: np.ndarray, targets: np.ndarray, n:
     return curves
 
 
-@_plain_text
+@plain_text
 def plot_pr_curves(curves: list[PRCurve], task: str, path: Path) -> None:
     """Precision against recall, one line per class, legend with class name and AP."""
     fig, ax = plt.subplots(figsize=(6, 5))
@@ -115,10 +116,11 @@ def plot_pr_curves(curves: list[PRCurve], task: str, path: Path) -> None:
         # labels passed explicitly: matplotlib would leave out a name starting with "_"
         ax.legend(lines, [f"{c.name} (AP {c.ap:.1f})" for c in curves], fontsize=8, loc="upper left",
                   bbox_to_anchor=(1.01, 1))
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def _markdown(frame: pd.DataFrame) -> str:
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A DataFrame as a Markdown table."""
     head = "| " + " | ".join(frame.columns) + " |\n|" + "---|" * len(frame.columns) + "\n"
     body = "".join(
         "| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in row) + " |\n"
@@ -141,7 +143,7 @@ def write_single_label_report(
     headline = wide[list(HEADLINE)].rename(columns=HEADLINE).reset_index()
     lines = [f"# {title}", "", "| setting | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in details.items()]
-    lines += ["", "## Results (percent)", "", _markdown(headline)]
+    lines += ["", "## Results (percent)", "", markdown_table(headline)]
     for preds in all_preds:
         stem = safe_name(preds.task)
         plot_confusion(preds, out_dir / f"confusion_{stem}.png")
@@ -152,7 +154,7 @@ def write_single_label_report(
             "",
             f"{len(preds.y_true)} images, {len(preds.classnames)} classes. Weakest classes:",
             "",
-            _markdown(worst[["class", "accuracy", "support"]]),
+            markdown_table(worst[["class", "accuracy", "support"]]),
             f"![confusion matrix](confusion_{stem}.png)",
             "",
             f"![per-class accuracy](per_class_{stem}.png)",
@@ -170,7 +172,7 @@ def write_multilabel_report(out_dir: Path, title: str, metrics: pd.DataFrame, pe
     out_dir = Path(out_dir)
     wide = metrics.pivot_table(index="task", columns="metric", values="value", sort=False).reset_index()
     lines = [f"# {title}", "", "| setting | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in details.items())]
-    lines += ["", "## Results (percent)", "", _markdown(wide)]
+    lines += ["", "## Results (percent)", "", markdown_table(wide)]
     for task in wide["task"]:
         rows = per_class[per_class.task == task]
         stem = safe_name(task)
@@ -179,7 +181,7 @@ def write_multilabel_report(out_dir: Path, title: str, metrics: pd.DataFrame, pe
         excluded = rows[rows.ap.isna()]["class"].tolist()
         lines += [f"## {task}", "", f"Classes without a known positive (left out of mAP): {', '.join(excluded) or 'none'}.", "",
                   _conventions(wide[wide.task == task].iloc[0], len(excluded)), "",
-                  _markdown(rows.sort_values("ap")[["class", "ap", "positives", "support"]].head(5)),
+                  markdown_table(rows.sort_values("ap")[["class", "ap", "positives", "support"]].head(5)),
                   f"![per-class AP](ap_{stem}.png)", "",
                   f"![precision-recall curves of the best and worst classes](pr_{stem}.png)", ""]
     path = out_dir / "report.md"
@@ -203,7 +205,7 @@ AXIS_PLOTS = {
 }
 
 
-@_plain_text
+@plain_text
 def plot_against(frame: pd.DataFrame, axis: str, path: Path) -> None:
     """`value` against `axis`, one line per `label`: mean over rows (seeds), std as error bars."""
     _, x_label, y_label = AXIS_PLOTS[axis]
@@ -222,7 +224,7 @@ def plot_against(frame: pd.DataFrame, axis: str, path: Path) -> None:
     ax.set_title(f"{y_label} against {x_label} (mean ± std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(lines, labels, fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def write_comparison_report(out_dir: Path, title: str, comparison: pd.DataFrame, axes: dict[str, str]) -> Path:
@@ -237,7 +239,7 @@ def write_comparison_report(out_dir: Path, title: str, comparison: pd.DataFrame,
         plot_against(per_run, axis, out_dir / file)
         summary = (rows.groupby(["label", axis, "task", "metric"])["value"]
                    .agg(value="mean", std="std", runs="count").reset_index())
-        lines += [_markdown(summary), f"![{AXIS_PLOTS[axis][2]} against {AXIS_PLOTS[axis][1]}]({file})", ""]
+        lines += [markdown_table(summary), f"![{AXIS_PLOTS[axis][2]} against {AXIS_PLOTS[axis][1]}]({file})", ""]
     path = out_dir / "report.md"
     write_text(path, "\n".join(lines))
     return path

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from cpt.data.names import safe_name
-from cpt.eval.report import _markdown, _plain_text, _save
+from cpt.eval.report import markdown_table, plain_text, save_figure
 from cpt.io import write_csv, write_text
 
 RECALL_AT = (1, 5, 10, 50)
@@ -92,7 +92,7 @@ def query_table(sim: np.ndarray, caption_video: np.ndarray, captions: list[str],
     return table.sort_values("rank", ascending=False, kind="stable").reset_index(drop=True)
 
 
-@_plain_text
+@plain_text
 def plot_ranks(t2v: np.ndarray, v2t: np.ndarray, task: str, path: Path) -> None:
     """Histograms of both directions' ranks over log-spaced bins (rank 1 in the first bin)."""
     edges = np.unique(np.round(np.geomspace(1, max(t2v.max(), v2t.max()) + 1, 25)))
@@ -106,7 +106,7 @@ def plot_ranks(t2v: np.ndarray, v2t: np.ndarray, task: str, path: Path) -> None:
     ax.set_ylabel("queries")
     ax.set_title(f"{task}: retrieval ranks")
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def direction_table(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -140,7 +140,7 @@ def _task_section(out_dir: Path, entry: Scored) -> list[str]:
     rsum = retrieval_metrics(sim, caption_video)["RSum"]
     return [f"## {task}", "", f"{len(videos)} videos, {len(captions)} captions; RSum of both directions {rsum:.2f}.",
             "", f"![rank histograms](ranks_{stem}.png)", "",
-            f"Worst text → video queries (every caption in worst_queries_{stem}.csv):", "", _markdown(shown)]
+            f"Worst text → video queries (every caption in worst_queries_{stem}.csv):", "", markdown_table(shown)]
 
 
 def _file_name(video: str) -> str:
@@ -153,7 +153,7 @@ def write_retrieval_report(out_dir: Path, title: str, metrics: pd.DataFrame, sco
     WORST_SHOWN worst text-to-video queries) and worst_queries_<task>.csv with every caption; returns report.md."""
     out_dir = Path(out_dir)
     lines = [f"# {title}", "", "| setting | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in details.items())]
-    lines += ["", "## Results (recall in percent, ranks from 1)", "", _markdown(direction_table(metrics)),
+    lines += ["", "## Results (recall in percent, ranks from 1)", "", markdown_table(direction_table(metrics)),
               "Ties count against the model: a query's rank is 1 + the wrong candidates scoring at least as high "
               "as the right one. A video's rank is that of its best-scoring caption.", ""]
     for entry in scored:
