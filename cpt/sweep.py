@@ -148,6 +148,10 @@ def sweep(base: FitRequest, methods: list[str], shots: list[int], seeds: list[in
     """
     out = Path(out)
     kind = task_kind(base)[0]
+    if kind.name == "retrieval":
+        raise CptError("cpt sweep varies shots (single-label) or known ratios (multi-label); retrieval tasks have "
+                       "neither. Run `cpt fit` per method and seed, and compare the runs with `cpt eval RUN1 RUN2 "
+                       "... --out DIR` (scripts/retrieval_table.py does this for toy-video).")
     axis = kind.axis
     values = known_ratios if axis == "known_ratio" else shots
     if not methods or not seeds or not values:

@@ -198,3 +198,19 @@ def test_retrieval_input_errors_exit_2_with_a_message(videos, tmp_path):
     assert code == 2 and "nothing.csv" in err
     code, _, err = cli("predict", tmp_path / "missing-run", "--query", "a red circle")
     assert code == 2
+
+
+def test_retrieval_runs_compare_in_one_folder_and_sweep_says_what_to_do(videos, zeroshot, tmp_path):
+    run, summary = zeroshot
+    coop = tmp_path / "coop"
+    fit_json("--method", "coop-video", "--tasks", f"vid={videos}", "--backbone", "toy", "--fps", "8", "--epochs", "2",
+             "--out", coop)
+    code, _, err = cli("eval", run, coop, "--out", tmp_path / "cmp", "--quiet")
+    assert code == 0, err
+    table = pd.read_csv(tmp_path / "cmp" / "comparison.csv")
+    assert table.method.tolist() == ["zeroshot-video", "coop-video"] and set(table.metric) == {"RSum"}
+    assert table.frames.tolist() == [12, 12] and table.value.iloc[0] == pytest.approx(_metric(summary, "RSum"))
+    assert (tmp_path / "cmp" / "rsum_vs_frames.png").exists()
+    code, _, err = cli("sweep", "--tasks", f"vid={videos}", "--backbone", "toy", "--methods", "coop-video", "--out",
+                       tmp_path / "sweep", "--quiet")
+    assert code == 2 and "cpt eval RUN1 RUN2" in err

@@ -48,8 +48,8 @@ def test_several_runs_are_compared(ml_runs, tmp_path):
     assert code == 0, err
     assert json.loads(stdout)["out"] == str(out)
     table = pd.read_csv(out / "comparison.csv")
-    assert list(table.columns) == ["run", "label", "method", "kind", "shots", "known_ratio", "seed", "task", "metric",
-                                   "value"]
+    assert list(table.columns) == ["run", "label", "method", "kind", "shots", "known_ratio", "frames", "seed", "task",
+                                   "metric", "value"]
     assert table.run.tolist() == [str(r) for r in ml_runs]
     assert table.known_ratio.tolist() == [0.5, 1.0, 1.0] and table.seed.tolist() == [1, 1, 2]
     assert set(table.label) == set(table.method) == {"zeroshot"} and set(table.task) == {"toy-ml"}

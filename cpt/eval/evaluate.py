@@ -27,7 +27,8 @@ from cpt.kinds import KINDS, Task, TaskKind, kind
 from cpt.methods import Classifier, Method, build_method
 from cpt.options import build
 
-COMPARISON_COLUMNS = ["run", "label", "method", "kind", "shots", "known_ratio", "seed", "task", "metric", "value"]
+COMPARISON_COLUMNS = ["run", "label", "method", "kind", "shots", "known_ratio", "frames", "seed", "task", "metric",
+                      "value"]
 
 
 def split_features(tasks: list[Task], cache: FeatureCache, split: str = "test") -> list[tuple[Tensor, Tensor]]:
@@ -172,7 +173,8 @@ def comparison_rows(run: str, config: dict, metrics: pd.DataFrame) -> pd.DataFra
     rows = metrics[(metrics.metric == task_kind.headline) & (metrics.task != "mean")]
     return pd.DataFrame({
         "run": run, "label": run_label(request), "method": request["method"], "kind": task_kind.name,
-        "shots": resolved.get("shots"), "known_ratio": resolved.get("known_ratio"), "seed": request["seed"],
+        "shots": resolved.get("shots"), "known_ratio": resolved.get("known_ratio"), "frames": resolved.get("frames"),
+        "seed": request["seed"],
         "task": rows["task"].to_numpy(), "metric": task_kind.headline, "value": rows["value"].to_numpy(),
     }, columns=COMPARISON_COLUMNS)
 

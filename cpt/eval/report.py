@@ -202,6 +202,7 @@ def _conventions(row: pd.Series, positive_less: int) -> str:
 AXIS_PLOTS = {
     "shots": ("accuracy_vs_shots.png", "shots per class", "mean headline accuracy (%)"),
     "known_ratio": ("map_vs_known_ratio.png", "known label ratio", "mAP (%)"),
+    "frames": ("rsum_vs_frames.png", "frames per video", "RSum (t2v + v2t R@1, R@5, R@10)"),
 }
 
 
@@ -232,7 +233,8 @@ def write_comparison_report(out_dir: Path, title: str, comparison: pd.DataFrame,
     task kind, its metric against its axis (`axes`: kind -> axis; each run averaged over its tasks);
     returns report.md."""
     out_dir = Path(out_dir)
-    lines = [f"# {title}", "", f"{comparison.run.nunique()} runs; metrics in percent, mean and std over seeds.", ""]
+    lines = [f"# {title}", "", f"{comparison.run.nunique()} runs; metrics in percent (RSum: a sum of three), mean and "
+             "std over seeds.", ""]
     for axis, rows in comparison.groupby(comparison.kind.map(axes), sort=False):
         per_run = rows.groupby(["run", "label", axis], as_index=False, sort=False)["value"].mean()
         file = AXIS_PLOTS[axis][0]
