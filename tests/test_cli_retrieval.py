@@ -19,7 +19,7 @@ from cpt_datasets import toy_video
 
 from cpt.core.backbone import load_backbone
 from cpt.data.video import FrameCache, FrameSampling, normalise
-from tests.conftest import cli, fit_json
+from tests.conftest import cli, fit_json, interrupt_after
 
 SIZES = {"train": 48, "val": 8, "test": 24}
 
@@ -214,3 +214,16 @@ def test_retrieval_runs_compare_in_one_folder_and_sweep_says_what_to_do(videos, 
     code, _, err = cli("sweep", "--tasks", f"vid={videos}", "--backbone", "toy", "--methods", "coop-video", "--out",
                        tmp_path / "sweep", "--quiet")
     assert code == 2 and "cpt eval RUN1 RUN2" in err
+
+
+def test_an_interrupted_retrieval_run_resumes_to_the_same_result(videos, tmp_path, monkeypatch):
+    """Random-offset clips are drawn from (seed, video, view): a resumed run replays the rest exactly."""
+    args = ["--method", "coop-video", "--tasks", f"vid={videos}", "--backbone", "toy", "--fps", "8", "--epochs", "3"]
+    whole = fit_json(*args, "--out", tmp_path / "whole")
+    interrupt_after(monkeypatch, 2)
+    code, _, err = cli("fit", *args, "--out", tmp_path / "cut", "--quiet")
+    assert code == 2 and "--resume" in err
+    resumed = fit_json("--resume", tmp_path / "cut")
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "cut" / "metrics.csv"),
+                                  pd.read_csv(tmp_path / "whole" / "metrics.csv"))
+    assert resumed["metrics"] == whole["metrics"]

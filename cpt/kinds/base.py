@@ -27,9 +27,8 @@ from cpt.options import option
 def val_ratio_option(default: float, panel: str) -> Any:
     """--val-ratio, one declaration for the kinds that hold out training data for --select val."""
     return option(default, "Hold out this share of the training data (under --seed) as a validation split for "
-                  "--select val (0 = none): multi-label images, with the partial labels training would have seen "
-                  "[default 0]; retrieval videos of a source without a split, or of MSR-VTT's 9k [default 0.1].",
-                  panel=panel, low=0, high=0.5)
+                  "--select val (0 = none): multi-label images, with the partial labels training would have seen; "
+                  "retrieval videos of a source without a split, or of MSR-VTT's 9k.", panel=panel, low=0, high=0.5)
 
 
 class Task(Protocol):
