@@ -47,8 +47,8 @@ def video_rsum(method: str, *options: str, out) -> float:
 
 @pytest.mark.slow
 def test_dgl_retrieves_better_than_zero_shot_and_a_caption_context(tmp_path):
-    """toy-video, README's settings: DGL's RSum above coop-video's and zero-shot's (seeds 1-3: see
-    README's retrieval table for the margins)."""
+    """toy-video, README's settings: DGL's RSum above coop-video's by 5.2-15.8 (14.6 on seed 1) and
+    coop-video's above zero-shot's by 49.0-52.9, seeds 1-3."""
     dgl = video_rsum("dgl", "--epochs", "20", "--optimizer", "adam", "--lr", "1e-3", "--weight-decay", "0",
                      out=tmp_path / "dgl")
     coop = video_rsum("coop-video", "--epochs", "30", out=tmp_path / "coop")
