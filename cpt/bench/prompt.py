@@ -74,17 +74,18 @@ def build_model(geometry: str, device: torch.device, precision: str) -> CLIP:
 
 class PeakMemory:
     """Peak memory of a training step: CUDA's max allocated; on CPU, where the allocator hides
-    the peak, the bytes of the distinct storages autograd saves for the backward pass (the
-    activations, which dominate and which both paths trade in; views of one storage count once)."""
+    the peak, the bytes of the distinct tensors autograd saves for the backward pass (the
+    activations, which dominate and which both paths trade in), each as much memory as it spans."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.peak = 0.0
-        self._seen: dict[int, int] = {}
+        self._seen: dict[tuple[int, int], int] = {}
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()  # views (expand, repeat of a view, slices) share their storage: count it once
-        self._seen[storage.data_ptr()] = storage.nbytes()
+        # a saved tensor counts the memory it spans: an expanded (stride 0) dim adds nothing
+        span = (1 + sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride()))) * t.element_size() if t.numel() else 0
+        self._seen[(t.data_ptr(), t.numel())] = span
         return t
 
     def __enter__(self) -> "PeakMemory":
