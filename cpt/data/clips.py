@@ -27,8 +27,8 @@ from cpt.io import atomic_path, cache_root
 
 
 class ClipSource:
-    """Clips of videos for one backbone: `features(path, indices)` (k, dim) or `pixels(path, indices)`
-    (k, 3, res, res), over the video's decoded frames."""
+    """Clips of videos for one backbone (`clip`): frozen-encoder features (frames, dim) or normalised
+    pixels (frames, 3, res, res), sampled from the video's decoded frames."""
 
     def __init__(self, backbone: Backbone, sampling: FrameSampling, root: Path | None = None,
                  batch_size: int = 64) -> None:
@@ -38,6 +38,7 @@ class ClipSource:
         self.frames = FrameCache(self.root / "frames", sampling)
         self.batch_size = batch_size
         self._features: dict[str, np.ndarray] = {}
+        self._digests: dict[str, str] = {}
         self._model_key = f"{backbone.checksum[:16]}-{backbone.precision}"
 
     @property
@@ -50,22 +51,20 @@ class ClipSource:
         """Indices of the videos that decode (the others are recorded in `stats.failed`)."""
         return self.frames.readable(paths)
 
-    def count(self, path: Path) -> int:
-        """How many frames the video decodes to."""
-        return len(self.frames.frames(path))
+    def _pixels(self, frames: np.ndarray) -> Tensor:
+        """(k, 3, res, res) float from decoded frames (k, res, res, 3): the image encoder's input."""
+        return normalise(torch.from_numpy(frames).permute(0, 3, 1, 2), self.backbone.preprocess)
 
-    def pixels(self, path: Path, indices: Tensor) -> Tensor:
-        """(k, 3, res, res) float: the frames `indices`, normalised for the image encoder."""
-        frames = torch.from_numpy(self.frames.frames(path)[indices.numpy()]).permute(0, 3, 1, 2)
-        return normalise(frames, self.backbone.preprocess)
-
-    def features(self, path: Path, indices: Tensor) -> Tensor:
-        """(k, dim) float: the frozen image encoder's features of the frames `indices`."""
-        return torch.from_numpy(self._all_features(path)[indices.numpy()])
+    def _digest(self, path: Path) -> str:
+        """The video's content hash, read once per process."""
+        key = str(path)
+        if key not in self._digests:
+            self._digests[key] = content_hash(path)
+        return self._digests[key]
 
     def _all_features(self, path: Path) -> np.ndarray:
         """Features of every decoded frame of the video, encoded once per (video, sampling, backbone)."""
-        key = f"{content_hash(path)}-{_sampling_key(self.sampling)}"
+        key = f"{self._digest(path)}-{_sampling_key(self.sampling)}"
         if key in self._features:
             return self._features[key]
         file = self.root / "frame-features" / self._model_key / f"{key}.npy"
@@ -73,10 +72,9 @@ class ClipSource:
             feats = np.load(file)
         else:
             frames = self.frames.frames(path)
-            every = torch.arange(len(frames))
             with torch.no_grad():
-                feats = torch.cat([self._encode(self.pixels(path, part)) for part in every.split(self.batch_size)])
-            feats = feats.numpy()
+                feats = torch.cat([self._encode(self._pixels(frames[i:i + self.batch_size]))
+                                   for i in range(0, len(frames), self.batch_size)]).numpy()
             with atomic_path(file) as tmp, open(tmp, "wb") as out:
                 np.save(out, feats)
         self._features[key] = feats
@@ -87,10 +85,13 @@ class ClipSource:
         return model.encode_image(pixels.to(self.backbone.device, self.backbone.dtype)).float().cpu()
 
     def clip(self, path: Path, video_input: str, gen: torch.Generator | None = None) -> Tensor:
-        """One clip of `sampling.frames` frames: uniform (no `gen`) or with random offsets; features
-        (frames, dim) or pixels (frames, 3, res, res) as `video_input` says."""
-        indices = sample_indices(self.count(path), self.sampling.frames, gen)
-        return self.features(path, indices) if video_input == "features" else self.pixels(path, indices)
+        """One clip of `sampling.frames` frames: uniform (no `gen`) or with random offsets; the frozen
+        encoder's features (frames, dim) or normalised pixels (frames, 3, res, res) as `video_input` says."""
+        if video_input == "features":
+            feats = self._all_features(path)
+            return torch.from_numpy(feats[sample_indices(len(feats), self.sampling.frames, gen).numpy()])
+        frames = self.frames.frames(path)
+        return self._pixels(frames[sample_indices(len(frames), self.sampling.frames, gen).numpy()])
 
     def eval_clips(self, paths: list[Path], video_input: str) -> Tensor:
         """(n, frames, ...) uniform clips of readable videos."""
