@@ -20,11 +20,13 @@ from cpt.data.video import FrameSampling
 from cpt.eval.metrics import TaskPredictions
 from cpt.errors import CptError
 from cpt.kinds.base import TaskKind
+from cpt.kinds.retrieval import RetrievalOptions
 from cpt.methods.base import TaskData
 from cpt.methods.retrieval.base import RetrievalMethod
 
 
-def clip_source(backbone: Backbone, kind_options, cache_dir: str | None, batch_size: int = 64) -> ClipSource:
+def clip_source(backbone: Backbone, kind_options: RetrievalOptions, cache_dir: str | None,
+                batch_size: int = 64) -> ClipSource:
     """Decoded frames and frame features of `backbone`, sampled as the run's --frames and --fps say."""
     sampling = FrameSampling(kind_options.frames, kind_options.fps, backbone.preprocess.resolution)
     return ClipSource(backbone, sampling, Path(cache_dir) if cache_dir else None, batch_size)
