@@ -21,7 +21,7 @@ from torch import Tensor
 
 from cpt.core.backbone import Backbone
 from cpt.data.features import CacheStats
-from cpt.data.images import Unreadable, content_hash
+from cpt.data.images import Unreadable
 from cpt.data.video import FrameCache, FrameSampling, normalise, sample_indices
 from cpt.io import atomic_path, cache_root
 
@@ -38,7 +38,6 @@ class ClipSource:
         self.frames = FrameCache(self.root / "frames", sampling)
         self.batch_size = batch_size
         self._features: dict[str, np.ndarray] = {}
-        self._digests: dict[str, str] = {}
         self._model_key = f"{backbone.checksum[:16]}-{backbone.precision}"
 
     @property
@@ -55,16 +54,9 @@ class ClipSource:
         """(k, 3, res, res) float from decoded frames (k, res, res, 3): the image encoder's input."""
         return normalise(torch.from_numpy(frames).permute(0, 3, 1, 2), self.backbone.preprocess)
 
-    def _digest(self, path: Path) -> str:
-        """The video's content hash, read once per process."""
-        key = str(path)
-        if key not in self._digests:
-            self._digests[key] = content_hash(path)
-        return self._digests[key]
-
     def _all_features(self, path: Path) -> np.ndarray:
         """Features of every decoded frame of the video, encoded once per (video, sampling, backbone)."""
-        key = f"{self._digest(path)}-{_sampling_key(self.sampling)}"
+        key = f"{self.frames.digest(path)}-{_sampling_key(self.sampling)}"
         if key in self._features:
             return self._features[key]
         file = self.root / "frame-features" / self._model_key / f"{key}.npy"

@@ -236,6 +236,19 @@ class FrameCache:
         self.sampling = sampling
         self.stats = FrameStats()
         self._folder = self.root / "-".join(f"{k}{v}" for k, v in sorted(sampling.key().items()))
+        self._digests: dict[tuple[str, int, int], str] = {}
+
+    def digest(self, path: Path | str) -> str:
+        """The video's content hash, read once per process while its size and mtime stay the same
+        (training asks for the same video every epoch)."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return content_hash(path)  # raises Unreadable with the reason
+        key = (os.fspath(path), st.st_mtime_ns, st.st_size)
+        if key not in self._digests:
+            self._digests[key] = content_hash(path)
+        return self._digests[key]
 
     def _load(self, digest: str) -> np.ndarray | None:
         """The cached frames of content `digest`, or None if absent or damaged (then decoded again)."""
@@ -249,7 +262,7 @@ class FrameCache:
         """(n, size, size, 3) uint8: the video's decoded frames, from the cache or decoded (and
         cached) now; a video that cannot be used is recorded in `stats.failed` and raises `Unreadable`."""
         try:
-            cached = self._load(content_hash(path))
+            cached = self._load(self.digest(path))
             if cached is not None:
                 self.stats.cached += 1
                 return cached

@@ -22,6 +22,7 @@ from cpt.data.video import VIDEO_SUFFIXES
 from cpt.deploy.predict import list_files
 from cpt.errors import CptError
 from cpt.io import save_torch
+from cpt.kinds import KINDS
 from cpt.kinds.retrieval import RetrievalOptions
 from cpt.methods.retrieval.base import RetrievalMethod
 from cpt.options import build
@@ -90,11 +91,11 @@ def load_index(path: Path) -> VideoIndex:
 
 
 def _ranked(queries: list[str], sim: Tensor, names: list[str], top_k: int) -> list[Match]:
-    """The `top_k` best of each query's row of `sim` (queries x names), best first (ties: the earlier)."""
+    """The `top_k` best of each query's row of `sim` (queries x names), as the retrieval kind decodes a row."""
     out = []
     for query, row in zip(queries, sim):
-        order = row.argsort(descending=True, stable=True)[:top_k].tolist()
-        out += [Match(query, r, names[i], float(row[i])) for r, i in enumerate(order, start=1)]
+        order, scores = KINDS["retrieval"].decode(row, top_k, 0.0)
+        out += [Match(query, r, names[i], score) for r, (i, score) in enumerate(zip(order, scores), start=1)]
     return out
 
 
