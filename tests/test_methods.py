@@ -109,7 +109,8 @@ def test_methods_lists_every_registered_method():
     assert code == 0, err
     rows = json.loads(out)
     assert [r["method"] for r in rows] == list(METHODS) == ["zeroshot", "linear-probe", "coop", "coop-shared", "softcpt",
-                                                             "scpnet", "zeroshot-video", "coop-video", "clip4clip", "dgl"]
+                                                             "scpnet", "zeroshot-video", "coop-video", "clip4clip", "dgl",
+                                                             "tempme"]
     kinds = {r["method"]: r["kinds"] for r in rows}
     assert kinds["scpnet"] == ["multi-label"] and kinds["dgl"] == kinds["coop-video"] == ["retrieval"]
     assert all(r["summary"] for r in rows)

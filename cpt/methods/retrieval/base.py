@@ -58,6 +58,11 @@ class RetrievalMethod(GradientMethod):
     def logit_scale(self) -> float:
         return float(self.backbone.model.logit_scale.exp())
 
+    def trainable_share(self) -> float:
+        """Trainable parameters as a share of CLIP's parameter count."""
+        mine = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return mine / sum(p.numel() for p in self.backbone.model.parameters())
+
     def classifiers(self) -> list:
         """Retrieval has no classes: runs are scored by `encode_text` and `encode_video`."""
         return []

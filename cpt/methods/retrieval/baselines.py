@@ -5,7 +5,8 @@
 - `coop-video`: text-prompt-only tuning; a CoOp-style learned context right after the start
   token of every caption, the video side as zero-shot (frozen, cached frame features).
 - `clip4clip`: full fine-tuning (CLIP4Clip's meanP, Luo et al. 2022): every CLIP weight
-  trains, videos are mean-pooled frame features; its frames are encoded every step.
+  trains, videos are mean-pooled frame features; its frames are encoded every step, with
+  `--merge` token merging in the image encoder if asked (TempMe's "full fine-tuning" setting).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cpt.core.backbone import Backbone
+from cpt.core.merging import encode_frames, merge_option, parse_schedule
 from cpt.core.prompt import n_ctx_option
 from cpt.core.text import encode_embeddings
 from cpt.errors import CptError
@@ -107,23 +109,34 @@ class CoOpVideo(RetrievalMethod):
         return mean_pool(video)
 
 
+@dataclass
+class Clip4ClipConfig(Options):
+    merge: str = merge_option("none")
+    seed: int = 0
+
+
 @register
 class Clip4Clip(RetrievalMethod):
     """Every CLIP weight trains; videos are the mean of their frames' features."""
 
     name = "clip4clip"
-    Config = PlainConfig
+    Config = Clip4ClipConfig
     summary = "Full fine-tuning baseline: CLIP4Clip's mean pooling, every CLIP weight trained (Luo et al., 2022)."
     trains = True
     video_input = "pixels"
     image_features = "encoded every step (the image encoder trains)"
 
-    def __init__(self, backbone: Backbone, classnames: list[list[str]], cfg: PlainConfig,
+    def __init__(self, backbone: Backbone, classnames: list[list[str]], cfg: Clip4ClipConfig,
                  titles: list[str] | None = None) -> None:
         super().__init__(backbone, classnames, cfg, titles)
         if backbone.precision != "fp32":
             raise CptError("clip4clip trains every CLIP weight in fp32; drop --precision.")
         self.clip = backbone.model.float().requires_grad_(True)  # registered: its weights are the run's state
+        merges = cfg.merge != "none"
+        if merges and not hasattr(self.clip.visual, "transformer"):
+            raise CptError("--merge needs a ViT CLIP (it merges the image transformer's tokens); this backbone is a "
+                           "ResNet.")
+        self.schedule = parse_schedule(cfg.merge, len(self.clip.visual.transformer.resblocks)) if merges else None
 
     def tunes_image(self) -> bool:
         return True
@@ -132,6 +145,8 @@ class Clip4Clip(RetrievalMethod):
         return F.normalize(self.clip.encode_text(tokens).float(), dim=-1)
 
     def encode_video(self, video: Tensor) -> Tensor:
+        if self.schedule is not None:
+            return mean_pool(encode_frames(self.clip.visual, video.float(), self.schedule))
         b, t = video.shape[:2]
         frames = self.clip.encode_image(video.flatten(0, 1).float())  # (b * t, dim)
         return mean_pool(frames.view(b, t, -1))

@@ -252,10 +252,3 @@ class DGL(RetrievalMethod):
         visual = self.backbone.model.visual
         glob, _ = self.video_tokens(video)
         return F.normalize((visual.ln_post(glob[:, 0]) @ visual.proj).float(), dim=-1)
-
-    # -- bookkeeping -----------------------------------------------------------------------
-
-    def trainable_share(self) -> float:
-        """Trainable parameters as a share of CLIP's parameter count."""
-        mine = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        return mine / sum(p.numel() for p in self.backbone.model.parameters())
