@@ -9,6 +9,7 @@ from rich.table import Table
 from cpt.bench.prompt import GEOMETRIES, as_dicts, machine, rank_threads, run_bench, run_rank_bench
 from cpt.bench.scpnet import run_scpnet_bench
 from cpt.bench.store import run_store_bench
+from cpt.bench.merging import bench_merging
 from cpt.bench.video import VIDEO_METHODS, run_video_bench
 from cpt.console import console
 from cpt.errors import CptError
@@ -39,7 +40,7 @@ def _counts(text: str, option: str = "--classes", what: str = "class counts", ex
 
   cpt bench --ranks 1,2,4,8 --geometry vit-b16 --device cuda
 
-  cpt bench --video                          # retrieval step per method at ViT-B/32, 12 frames; frame cache decode
+  cpt bench --video                          # retrieval step per method at ViT-B/32, 12 frames; merging; decode
 """)
 @command
 def bench_cmd(
@@ -49,7 +50,7 @@ def bench_cmd(
     store: Annotated[bool, typer.Option(help="The feature store's figures instead: files, bytes, write and cache-hit read seconds of --entries entries, against one .npy file per image.")] = False,
     entries: Annotated[int, typer.Option(help="With --store: entries (random tiny-CLIP features, dim 32) to write and read.")] = 100_000,
     ranks: Annotated[Optional[str], typer.Option(help="Comma-separated process counts: the optimised step with class-sharded text encoding on each (processes of this machine sharing its threads, gloo; one GPU each with CUDA), step time and peak memory per rank [default classes: 1191,5000; geometry: tiny].")] = None,
-    video: Annotated[bool, typer.Option(help="Text-video retrieval's figures instead: a step of zero-shot encoding, coop-video, clip4clip and dgl on --batch videos of --frames frames [default geometry: vit-b32], and the frame cache's decoded frames per second, cold and warm.")] = False,
+    video: Annotated[bool, typer.Option(help="Text-video retrieval's figures instead: a step of zero-shot encoding, coop-video, clip4clip, dgl and tempme on --batch videos of --frames frames [default geometry: vit-b32]; token merging (none, tome, tempme): tokens, GFLOPs, inference and training time, memory; and the frame cache's decoded frames per second, cold and warm.")] = False,
     frames: Annotated[int, typer.Option(help="With --video: frames per video.")] = 12,
     batch: Annotated[int, typer.Option(help="With --video: videos (and captions) per step.")] = 8,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
@@ -148,9 +149,10 @@ def _ranks(ranks: list[int], geometries: list[str], counts: list[int], device: s
 def _video(geometries: list[str], device: str, frames: int, batch: int, repeats: int, json_out: bool,
            quiet: bool) -> None:
     steps, decode = run_video_bench(geometries, list(VIDEO_METHODS), device, frames, batch, repeats)
+    merges = [row for g in geometries for row in bench_merging(g, device, frames, batch, repeats)]
     where = machine()
     if json_out:
-        emit_json({"machine": where, "steps": as_dicts(steps), "decode": as_dicts(decode)})
+        emit_json({"machine": where, "steps": as_dicts(steps), "merging": as_dicts(merges), "decode": as_dicts(decode)})
     if quiet:
         return
     table = Table(title=f"retrieval step on {where}: {batch} videos x {frames} frames, random weights; MB: activations "
@@ -160,6 +162,16 @@ def _video(geometries: list[str], device: str, frames: int, batch: int, repeats:
     for r in steps:
         table.add_row(r.geometry, r.method, f"{r.step_ms:.0f}", f"{r.videos_per_s:.1f}", f"{r.peak_mb:.0f}",
                       f"{r.trainable:,}", f"{r.trainable_share:.2f}")
+    console.print(table)
+    table = Table(title=f"token merging in the image encoder: {frames} frames, tokens per video, GFLOPs of one video "
+                        "(torch's FLOP counter), inference per video, one TempMe training step; x: against none")
+    for col in ("model", "merge", "tokens", "GFLOPs", "ms/video", "ms/step", "MB", "x GFLOPs", "x infer", "x train",
+                "x mem"):
+        table.add_column(col, justify="right")
+    for r in merges:
+        table.add_row(r.geometry, r.merge, f"{r.tokens_in}→{r.tokens_out}", f"{r.gflops:.3g}", f"{r.infer_ms:.1f}",
+                      f"{r.train_ms:.0f}", f"{r.peak_mb:.0f}", f"{r.flop_ratio:.3f}", f"{r.infer_speedup:.2f}",
+                      f"{r.train_speedup:.2f}", f"{r.memory_ratio:.2f}")
     console.print(table)
     table = Table(title="frame cache: 224 x 224 mp4, decoded (cold) and read back (warm)")
     for col in ("cache", "videos", "frames/s"):

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from cpt.core.merging import parse_schedule, token_counts
 from cpt.core.prompt import ClassPrompts, PromptConfig, init_context
 from cpt.train import sample_classes
 from tests.conftest import TINY_VIT, cli, fit_json, make_clip
@@ -115,13 +116,23 @@ def test_store_bench_counts_files_bytes_and_reads_back_every_entry():
     assert code == 2 and "--entries" in err
 
 
-def test_bench_video_times_every_retrieval_method_and_the_frame_cache():
-    code, out, err = cli("bench", "--video", "--geometry", "tiny", "--frames", "2", "--batch", "2", "--repeats", "1",
+def test_bench_video_times_every_retrieval_method_merging_and_the_frame_cache():
+    code, out, err = cli("bench", "--video", "--geometry", "tiny", "--frames", "6", "--batch", "2", "--repeats", "1",
                          "--json", "--quiet")
     assert code == 0, err
     figures = json.loads(out)
     rows = {r["method"]: r for r in figures["steps"]}
-    assert list(rows) == ["zeroshot-video", "coop-video", "clip4clip", "dgl"]
+    assert list(rows) == ["zeroshot-video", "coop-video", "clip4clip", "dgl", "tempme"]
+    # LoRA in 2 + 2 blocks; one join, its positions cover --tempme-max-frames 12
+    assert rows["tempme"]["trainable"] == 4 * (8 * 64 + 192 * 8) + 12 * 64
+    merging = {r["merge"]: r for r in figures["merging"]}
+    assert list(merging) == ["none", "tome", "tempme"]
+    for name, r in merging.items():  # tiny: 2 layers of 17 tokens a frame
+        assert r["tokens_out"] == token_counts(parse_schedule(name, 2), 6, 17)[-1]
+        assert r["token_ratio"] == pytest.approx(r["tokens_out"] / 102)
+    assert merging["none"]["tokens_out"] == 102 and merging["tome"]["tokens_out"] == 78
+    # FLOPs as counted, against the unmerged count: fewer tokens, fewer FLOPs
+    assert merging["tempme"]["flop_ratio"] < merging["tome"]["flop_ratio"] < 1 == merging["none"]["flop_ratio"]
     assert rows["zeroshot-video"]["trainable"] == 0 and rows["coop-video"]["trainable"] == 4 * 64  # 4 context tokens
     clip_params = sum(p.numel() for p in make_clip(TINY_VIT).parameters())  # bench's tiny geometry is TINY_VIT's
     assert rows["clip4clip"]["trainable_share"] == pytest.approx(100 * rows["clip4clip"]["trainable"] / clip_params)

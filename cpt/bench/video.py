@@ -4,7 +4,8 @@ step    one training step (or, for zero-shot, one encoding pass) over a batch of
         their captions, per method, on a CLIP of the given geometry with random weights:
         zero-shot encodes the frames and captions; coop-video trains a caption context on
         cached frame features; clip4clip trains every weight; dgl trains its prompts with the
-        frames through the prompted image encoder. Median time and peak memory.
+        frames through the prompted image encoder; tempme trains LoRA with TempMe's token
+        merging. Median time and peak memory.
 decode  frames per second of the frame cache on real mp4 files: decoding (a cold cache) and
         reading decoded frames back (a warm one).
 """
@@ -28,7 +29,7 @@ from cpt.kinds import KINDS
 from cpt.methods import TaskData, build_method
 from cpt.methods.retrieval.base import RetrievalMethod
 
-VIDEO_METHODS = ("zeroshot-video", "coop-video", "clip4clip", "dgl")
+VIDEO_METHODS = ("zeroshot-video", "coop-video", "clip4clip", "dgl", "tempme")
 
 
 @dataclass
@@ -51,7 +52,7 @@ class DecodeRow:
     frames_per_s: float
 
 
-def _backbone(geometry: str, device: torch.device) -> Backbone:
+def backbone_of(geometry: str, device: torch.device) -> Backbone:
     model = build_model(geometry, device, "fp32")
     return Backbone(model, geometry, f"bench-{geometry}", device, "fp32", Preprocess(model.visual.input_resolution))
 
@@ -62,11 +63,12 @@ def _captions(n: int) -> list[str]:
 
 
 def bench_step(geometry: str, name: str, device: str = "auto", frames: int = 12, batch: int = 8,
-               repeats: int = 3) -> VideoStepRow:
-    """Median time and peak memory of one step of `name` on `batch` random videos of `frames` frames."""
+               repeats: int = 3, options: dict | None = None) -> VideoStepRow:
+    """Median time and peak memory of one step of `name` (with its `options`) on `batch` random
+    videos of `frames` frames."""
     dev = resolve_device(device)
-    backbone = _backbone(geometry, dev)
-    method: RetrievalMethod = build_method(name, backbone, [[]], {"seed": 0})
+    backbone = backbone_of(geometry, dev)
+    method: RetrievalMethod = build_method(name, backbone, [[]], {"seed": 0, **(options or {})})
     res, dim = backbone.preprocess.resolution, backbone.geometry["embed_dim"]
     gen = torch.Generator().manual_seed(0)
     pixels = torch.randn(batch, frames, 3, res, res, generator=gen)
