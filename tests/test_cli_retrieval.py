@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from cpt_datasets import toy_video
 
+from cpt import run as R
 from cpt.core.backbone import load_backbone
 from cpt.data.video import FrameCache, FrameSampling, normalise
 from tests.conftest import cli, fit_json, interrupt_after
@@ -106,6 +107,30 @@ def test_text_prompt_tuning_beats_zero_shot(videos, zeroshot, tmp_path):
                        "--out", tmp_path / "coop")
     assert _metric(summary, "RSum") > _metric(zeroshot[1], "RSum") + 5
 
+
+
+def test_tempme_learns_with_merged_frames_and_its_export_gives_the_runs_similarities(videos, zeroshot, tmp_path):
+    """TempMe (LoRA + token merging: 12 frames of 17 tokens end as 49 tokens on the toy CLIP) trains
+    past zero-shot, and its exported encoders, merging included, score as the run does."""
+    run = tmp_path / "tempme"
+    summary = fit_json("--method", "tempme", "--tasks", f"vid={videos}", "--backbone", "toy", "--fps", "8", "--epochs", "6",
+                       "--optimizer", "adam", "--lr", "1e-3", "--weight-decay", "0", "--out", run)
+    assert _metric(summary, "RSum") > _metric(zeroshot[1], "RSum") + 5
+    code, _, err = cli("export", run, "--format", "torchscript", "--out", tmp_path / "ts", "--quiet")
+    assert code == 0, err
+    text, video = (torch.jit.load(str(tmp_path / "ts" / f"{n}.ts")) for n in ("text", "video"))
+    config, backbone, method = R.load_run(run, "cpu")
+    order, captions, _ = _test_pairs(run)
+    cache = FrameCache(None, FrameSampling(12, 8.0, 32))
+    clips = torch.stack([normalise(cache.clip(Path(p)), backbone.preprocess) for p in order])
+    tokens = clip.tokenize(captions, context_length=backbone.model.context_length)
+    with torch.no_grad():
+        exported = (video(clips) @ text(tokens).T).numpy()
+        own = (method.encode_video(clips) @ method.encode_text(tokens).T).numpy()
+    np.testing.assert_allclose(exported, own, atol=1e-4)
+    per_query = pd.read_csv(run / "per_query.csv")  # the run's own ranks come from the same similarities
+    t2v = [int((own[:, c] >= own[v, c]).sum()) for c, v in enumerate(_test_pairs(run)[2])]  # ties count against
+    assert per_query.t2v_rank.tolist() == t2v
 
 def _rows(text: str) -> list[dict]:
     return list(csv.DictReader(io.StringIO(text)))

@@ -103,7 +103,7 @@ def clips_after(schedule: tuple[LayerMerge, ...], frames: int) -> int:
             raise CptError(f"The merge schedule joins {merge.clips} clips in layer {layer}, where a video has "
                            f"{clips}: --frames {frames} does not divide. Choose --frames as a multiple of the "
                            "schedule's groupings (12 for TempMe's 2, 2, 3), or another schedule.")
-        clips //= merge.clips
+        clips = clips // merge.clips  # not in place: under tracing, sizes are tensors
     return clips
 
 
@@ -185,7 +185,7 @@ def encode_frames(visual: nn.Module, video: Tensor, schedule: tuple[LayerMerge, 
     b, t = video.shape[:2]
     clips_after(schedule, t)
     x = visual.conv1(video.flatten(0, 1).to(dtype)).flatten(2).transpose(1, 2)
-    cls_token = visual.class_embedding.to(dtype) + torch.zeros(len(x), 1, x.shape[-1], dtype=dtype, device=x.device)
+    cls_token = visual.class_embedding.to(dtype).expand(x.shape[0], 1, -1)  # x.shape: traced exports take any batch
     x = visual.ln_pre(torch.cat([cls_token, x], dim=1) + visual.positional_embedding.to(dtype))
     size = torch.ones_like(x[..., :1])
     cls, joins = 1, 0
@@ -218,7 +218,7 @@ def join_counts(schedule: tuple[LayerMerge, ...], frames: int) -> list[int]:
     for merge in schedule:
         if merge.clips > 1:
             counts.append(clips)
-            clips //= merge.clips
+            clips = clips // merge.clips
     return counts
 
 

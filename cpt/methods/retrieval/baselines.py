@@ -72,10 +72,10 @@ def with_context(model: Any, tokens: Tensor, ctx: Tensor) -> tuple[Tensor, Tenso
     eot = tokens.argmax(dim=-1)  # EOT has the largest id in CLIP's vocabulary
     emb = model.token_embedding(tokens)  # (n, L, width)
     n_ctx = ctx.shape[0]
-    x = torch.cat([emb[:, :1], ctx.to(emb.dtype).unsqueeze(0).expand(len(tokens), -1, -1), emb[:, 1:length - n_ctx]],
+    x = torch.cat([emb[:, :1], ctx.to(emb.dtype).unsqueeze(0).expand(tokens.shape[0], -1, -1), emb[:, 1:length - n_ctx]],
                   dim=1)
     cut = (eot + n_ctx) > length - 1  # the caption lost its tail: its EOT goes in the last place
-    rows = torch.arange(len(tokens), device=tokens.device)
+    rows = torch.arange(tokens.shape[0], device=tokens.device)
     last = torch.where(cut[:, None], emb[rows, eot], x[:, length - 1])
     x = torch.cat([x[:, :length - 1], last[:, None]], dim=1)
     return x, (eot + n_ctx).clamp(max=length - 1)

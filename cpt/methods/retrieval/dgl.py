@@ -199,7 +199,7 @@ class DGL(RetrievalMethod):
         eot = tokens.argmax(dim=-1)  # EOT has the largest id
         length = int(eot.max()) + 1  # later positions cannot reach any EOT (causal)
         x = (model.token_embedding(tokens).to(dtype) + model.positional_embedding.to(dtype))[:, :length]
-        n = len(tokens)
+        n = tokens.shape[0]  # not len(): traced exports take any batch
         k = self.n_text
         mask = torch.full((length + k, length + k), float("-inf"), device=x.device, dtype=x.dtype).triu_(1)
         for i, block in enumerate(model.transformer.resblocks):
@@ -224,7 +224,7 @@ class DGL(RetrievalMethod):
         local = local.to(dtype)
         x = visual.conv1(video.flatten(0, 1).to(dtype))  # (b t, width, grid, grid)
         x = x.flatten(2).transpose(1, 2)
-        cls = visual.class_embedding.to(dtype) + torch.zeros(len(x), 1, x.shape[-1], dtype=dtype, device=x.device)
+        cls = visual.class_embedding.to(dtype).expand(x.shape[0], 1, -1)  # x.shape: traced exports take any batch
         x = visual.ln_pre(torch.cat([cls, x], dim=1) + visual.positional_embedding.to(dtype))
         m = self.n_local
         frames = torch.cat([x[:, :1], local[0].repeat(b, 1, 1), x[:, 1:]], dim=1)  # (b t, tokens, width)

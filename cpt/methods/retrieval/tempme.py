@@ -66,7 +66,7 @@ def encode_text_lora(model: Any, tokens: Tensor, lora: LoRA | None) -> Tensor:
         h = block.ln_1(x)
         x = x + attend(block, h, lora.delta(i, h) if lora is not None else None, mask=mask)[0]
         x = x + block.mlp(block.ln_2(x))
-    return model.ln_final(x[torch.arange(len(x), device=x.device), eot]) @ model.text_projection
+    return model.ln_final(x[torch.arange(x.shape[0], device=x.device), eot]) @ model.text_projection
 
 
 @register
