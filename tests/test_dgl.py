@@ -15,6 +15,8 @@ import torch.nn.functional as F
 
 from cpt.core.backbone import load_backbone
 from cpt.errors import CptError
+from cpt.deploy.export_video import TextEncoder, VideoEncoder, trace_examples
+from cpt.methods import build_method
 from cpt.methods.retrieval.dgl import DGL, DGLConfig
 
 CAPTIONS = ["a red circle moves to the left", "a square", "two blue triangles appear one after the other quickly"]
@@ -247,3 +249,16 @@ def test_half_precision_weights(backbone):
         clips = video()
         assert torch.allclose(ours.encode_text(tokens()), theirs.encode_text(tokens()), atol=5e-3)
         assert torch.allclose(ours.encode_video(clips), theirs.encode_video(clips), atol=5e-3)
+
+
+@pytest.mark.parametrize("name", ["dgl", "coop-video"])
+def test_traced_encoders_take_any_batch(backbone, name):
+    """`cpt export` traces with two examples; the graphs must not keep that batch size."""
+    m = build_method(name, backbone, [[]], {"seed": 0}).eval()
+    example_tokens, example_video = trace_examples(m, 2)
+    clips = video(3, 2)
+    with torch.no_grad():
+        text = torch.jit.trace(TextEncoder(m), example_tokens, check_trace=False)
+        traced = torch.jit.trace(VideoEncoder(m), example_video, check_trace=False)
+        assert torch.allclose(text(tokens()), m.encode_text(tokens()), atol=1e-5)
+        assert torch.allclose(traced(clips), VideoEncoder(m)(clips), atol=1e-5)

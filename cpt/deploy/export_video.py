@@ -97,18 +97,22 @@ def export_retrieval(method: RetrievalMethod, config: dict, fmt: str, out: Path)
         raise CptError(f"--out {out} is a file; a retrieval export is a folder (text and video encoders).")
     out.mkdir(parents=True, exist_ok=True)
     method = method.float().eval()
-    length = int(method.backbone.model.context_length)
-    res = method.backbone.preprocess.resolution
-    frames = config["resolved"]["kind"]["frames"]
-    tokens = torch.zeros(2, length, dtype=torch.long)
-    tokens[:, 0], tokens[:, -1] = 49406, 49407  # start and end: the whole context is traced
-    tokens[1, 1:-1] = 320
-    video = torch.zeros(2, frames, 3, res, res)
+    tokens, video = trace_examples(method, config["resolved"]["kind"]["frames"])
     ext = "ts" if fmt == "torchscript" else "onnx"
     for name, module, example in (("text", TextEncoder(method), tokens), ("video", VideoEncoder(method), video)):
         _write_graph(module.eval(), example, fmt, out / f"{name}.{ext}", name)
     write_text(out / "cpt.json", json.dumps(metadata(method, config), indent=2) + "\n")
     return out
+
+
+def trace_examples(method: RetrievalMethod, frames: int) -> tuple[Tensor, Tensor]:
+    """The inputs the encoders are traced with: two captions that fill the whole context (so no
+    caption is cut later) and two videos of `frames` frames; the graphs take any batch size."""
+    tokens = torch.zeros(2, int(method.backbone.model.context_length), dtype=torch.long)
+    tokens[:, 0], tokens[:, -1] = 49406, 49407  # start and end: the whole context is traced
+    tokens[1, 1:-1] = 320
+    res = method.backbone.preprocess.resolution
+    return tokens, torch.zeros(2, frames, 3, res, res)
 
 
 def _write_graph(module: nn.Module, example: Tensor, fmt: str, path: Path, name: str) -> None:
