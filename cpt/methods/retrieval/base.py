@@ -9,16 +9,31 @@ every step. Captions arrive tokenised (n, context_length).
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from cpt import dist
+from cpt.core.backbone import Backbone
+from cpt.errors import CptError
 from cpt.methods.base import GradientMethod, TaskData
 
 VIDEO_INPUTS = ("features", "pixels")
+
+
+def require_vit(backbone: Backbone, need: str) -> None:
+    """Refuse a ResNet CLIP for a method whose video side works on the image transformer's tokens."""
+    if not hasattr(backbone.model.visual, "transformer"):
+        raise CptError(f"{need}; this backbone is a ResNet.")
+
+
+def check_frames(settings: dict[str, Any], most: int, flag: str) -> None:
+    """Refuse more --frames than a method's per-frame parameters cover (`flag` raises it)."""
+    frames = settings.get("frames")
+    if frames is not None and frames > most:
+        raise CptError(f"--frames {frames} is more than {flag} {most}; raise it.")
 
 
 def info_nce(video: Tensor, text: Tensor, scale: float, videos: Tensor | None = None,

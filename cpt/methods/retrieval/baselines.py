@@ -24,7 +24,7 @@ from cpt.core.prompt import n_ctx_option
 from cpt.core.text import encode_embeddings
 from cpt.errors import CptError
 from cpt.methods.registry import register
-from cpt.methods.retrieval.base import RetrievalMethod
+from cpt.methods.retrieval.base import RetrievalMethod, require_vit
 from cpt.options import Options
 
 
@@ -133,9 +133,8 @@ class Clip4Clip(RetrievalMethod):
             raise CptError("clip4clip trains every CLIP weight in fp32; drop --precision.")
         self.clip = backbone.model.float().requires_grad_(True)  # registered: its weights are the run's state
         merges = cfg.merge != "none"
-        if merges and not hasattr(self.clip.visual, "transformer"):
-            raise CptError("--merge needs a ViT CLIP (it merges the image transformer's tokens); this backbone is a "
-                           "ResNet.")
+        if merges:
+            require_vit(backbone, "--merge needs a ViT CLIP (it merges the image transformer's tokens)")
         self.schedule = parse_schedule(cfg.merge, len(self.clip.visual.transformer.resblocks)) if merges else None
 
     def tunes_image(self) -> bool:

@@ -63,7 +63,7 @@ from torch import Tensor, nn
 from cpt.core.backbone import Backbone
 from cpt.errors import CptError
 from cpt.methods.registry import register
-from cpt.methods.retrieval.base import RetrievalMethod
+from cpt.methods.retrieval.base import RetrievalMethod, check_frames, require_vit
 from cpt.options import Options, option
 
 PANEL = "DGL"
@@ -119,9 +119,7 @@ class DGL(RetrievalMethod):
 
     @classmethod
     def check(cls, cfg: Any, kind: str, settings: dict[str, Any]) -> None:
-        frames = settings.get("frames")
-        if frames is not None and frames > cfg.dgl_max_frames:
-            raise CptError(f"--frames {frames} is more than --dgl-max-frames {cfg.dgl_max_frames}; raise it.")
+        check_frames(settings, cfg.dgl_max_frames, "--dgl-max-frames")
         if cfg.dgl_latent == "linear" and cfg.dgl_text_prompts % cfg.dgl_local_prompts:
             raise CptError(f"--dgl-text-prompts {cfg.dgl_text_prompts} must be a multiple of --dgl-local-prompts "
                            f"{cfg.dgl_local_prompts} with the linear latent (one projection per group).")
@@ -131,9 +129,7 @@ class DGL(RetrievalMethod):
         super().__init__(backbone, classnames, cfg, titles)
         model = backbone.model
         visual = model.visual
-        if not hasattr(visual, "transformer"):
-            raise CptError("dgl needs a ViT CLIP (its prompts go into the image transformer); this backbone is a "
-                           "ResNet.")
+        require_vit(backbone, "dgl needs a ViT CLIP (its prompts go into the image transformer)")
         self.check(cfg, "retrieval", {})
         model.requires_grad_(False)
         self.text_width = model.token_embedding.weight.shape[1]

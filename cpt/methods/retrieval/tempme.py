@@ -26,9 +26,8 @@ from torch import Tensor
 from cpt.core.attention import LoRA, attend
 from cpt.core.backbone import Backbone
 from cpt.core.merging import encode_frames, frame_positions, join_counts, merge_option, parse_schedule
-from cpt.errors import CptError
 from cpt.methods.registry import register
-from cpt.methods.retrieval.base import RetrievalMethod
+from cpt.methods.retrieval.base import RetrievalMethod, check_frames, require_vit
 from cpt.methods.retrieval.baselines import mean_pool
 from cpt.options import Options, option
 
@@ -83,18 +82,14 @@ class TempMe(RetrievalMethod):
 
     @classmethod
     def check(cls, cfg: Any, kind: str, settings: dict[str, Any]) -> None:
-        frames = settings.get("frames")
-        if frames is not None and frames > cfg.tempme_max_frames:
-            raise CptError(f"--frames {frames} is more than --tempme-max-frames {cfg.tempme_max_frames}; raise it.")
+        check_frames(settings, cfg.tempme_max_frames, "--tempme-max-frames")
 
     def __init__(self, backbone: Backbone, classnames: list[list[str]], cfg: TempMeConfig,
                  titles: list[str] | None = None) -> None:
         super().__init__(backbone, classnames, cfg, titles)
         model = backbone.model
         visual = model.visual
-        if not hasattr(visual, "transformer"):
-            raise CptError("tempme needs a ViT CLIP (it merges the image transformer's tokens); this backbone is a "
-                           "ResNet.")
+        require_vit(backbone, "tempme needs a ViT CLIP (it merges the image transformer's tokens)")
         self.check(cfg, "retrieval", {})
         model.requires_grad_(False)
         self.schedule = parse_schedule(cfg.merge, len(visual.transformer.resblocks))
