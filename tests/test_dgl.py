@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from cpt.core.backbone import load_backbone
+from cpt.core.merging import parse_schedule, token_counts
 from cpt.errors import CptError
 from cpt.deploy.export_video import TextEncoder, VideoEncoder, trace_examples
 from cpt.methods import build_method
@@ -87,7 +88,10 @@ def reference_text(dgl: DGL, toks: torch.Tensor, text: torch.Tensor) -> torch.Te
     return F.normalize(torch.stack(out), dim=-1)
 
 
-def reference_video(dgl: DGL, clips: torch.Tensor, local: torch.Tensor, global_local: bool = True) -> torch.Tensor:
+def reference_video(dgl: DGL, clips: torch.Tensor, local: torch.Tensor, global_local: bool = True,
+                    joined: tuple[int, int] | None = None) -> torch.Tensor:
+    """`joined` (layer, k): from that layer on, the frames of each k neighbouring ones read each other
+    (a clip join of TempMe's that merges nothing)."""
     visual = dgl.backbone.model.visual
     g, m = dgl.n_global, dgl.n_local
     out = []
@@ -114,6 +118,12 @@ def reference_video(dgl: DGL, clips: torch.Tensor, local: torch.Tensor, global_l
             if i > 0:
                 for j in range(t):
                     seq = torch.cat([seq[:cls_at[j] + 1], local[i, j], seq[cls_at[j] + 1 + m:]])
+            if joined is not None and i == joined[0]:
+                k = joined[1]
+                for j in range(t):
+                    for other in range(t):
+                        if j // k == other // k:
+                            allowed[g + j * n:g + (j + 1) * n, g + other * n:g + (other + 1) * n] = True
             seq = layer(block, seq, allowed)
         out.append(visual.ln_post(seq[0]) @ visual.proj)
     return F.normalize(torch.stack(out), dim=-1)
@@ -262,3 +272,36 @@ def test_traced_encoders_take_any_batch(backbone, name):
         traced = torch.jit.trace(VideoEncoder(m), example_video, check_trace=False)
         assert torch.allclose(text(tokens()), m.encode_text(tokens()), atol=1e-5)
         assert torch.allclose(traced(clips), VideoEncoder(m)(clips), atol=1e-5)
+
+
+# -- token merging (--merge) ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("global_local", [True, False])
+def test_merging_nothing_and_joining_clips_match_the_paper_equations(backbone, global_local):
+    """The merged path (token sizes, proportional attention) with nothing merged is DGL; a clip
+    join that merges nothing lets the joined frames read each other from that layer on."""
+    plain = method(backbone, dgl_no_global_local=not global_local)
+    with torch.no_grad():
+        torch.nn.init.normal_(plain.global_prompts, std=0.5)
+        torch.nn.init.normal_(plain.latent, std=0.5)
+        clips = video(t=4)
+        _, local = paper_prompts(plain, 4)
+        for merge, joined in (("0*2", None), ("-,c2:0:0", (1, 2)), ("c4:0:0", (0, 4))):
+            merged = method(backbone, dgl_no_global_local=not global_local, merge=merge)
+            merged.load_state_dict(plain.state_dict())
+            expected = reference_video(plain, clips, local, global_local, joined)
+            assert torch.allclose(merged.encode_video(clips), expected, atol=1e-5), merge
+
+
+def test_merged_tokens_follow_the_schedule_and_train(backbone):
+    dgl = method(backbone, merge="tempme")  # 2 layers: "c3:30:10,10%"
+    clips = video(t=6)
+    _, frames = dgl.video_tokens(clips)
+    kept = 1 + dgl.n_local  # a frame's class token and local prompts are never merged
+    counts = token_counts(parse_schedule("tempme", 2), 6, 17 + dgl.n_local, kept)
+    # by hand: 3 frames of 21 tokens join (15 kept): 63 - 18 - 4 = 41; then 41 - 4 = 37; 2 clips
+    assert frames.shape[:2] == (2, 2) and frames.shape[1] * frames.shape[2] == counts[-1] == 2 * 37
+    dgl.encode_video(clips).sum().backward()
+    assert dgl.latent.grad.abs().sum() > 0 and dgl.global_prompts.grad.abs().sum() > 0
+    with pytest.raises(CptError, match="--frames 4 does not divide"):
+        dgl.encode_video(video(t=4))

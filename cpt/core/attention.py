@@ -31,6 +31,29 @@ class LoRA(nn.Module):
         return F.linear(F.linear(h, self.a[layer].to(h.dtype)), self.b[layer].to(h.dtype))
 
 
+def _attention(block: nn.Module, q: Tensor, k: Tensor, v: Tensor, size: Tensor | None,
+               mask: Tensor | None) -> Tensor:
+    """Multi-head attention of projected q (n, Tq, width) over k, v (n, Tk, width), then out_proj."""
+    attn = block.attn
+    heads, width = attn.num_heads, q.shape[-1]
+
+    def split(z: Tensor) -> Tensor:  # (n, heads, T, head_dim)
+        return z.view(z.shape[0], z.shape[1], heads, width // heads).transpose(1, 2)
+
+    logits = (split(q) * (width // heads) ** -0.5) @ split(k).transpose(-2, -1)
+    if mask is not None:
+        logits = logits + mask
+    if size is not None:
+        logits = logits + size.log()[:, None, None, :, 0]
+    out = (logits.softmax(dim=-1) @ split(v)).transpose(1, 2).reshape(q.shape)
+    return F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
+
+
+def _mean_keys(k: Tensor, heads: int) -> Tensor:
+    """Keys (n, T, width) averaged over heads: (n, T, head_dim)."""
+    return k.view(k.shape[0], k.shape[1], heads, -1).mean(dim=2)
+
+
 def attend(block: nn.Module, h: Tensor, qkv_delta: Tensor | None = None, size: Tensor | None = None,
            mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The block's self-attention of batch-first, already normalised `h` (n, T, width).
@@ -41,17 +64,19 @@ def attend(block: nn.Module, h: Tensor, qkv_delta: Tensor | None = None, size: T
     Returns the attention output (n, T, width) and the keys averaged over heads (n, T, head_dim),
     the similarity metric of ToMe and TempMe.
     """
-    attn = block.attn
-    n, length, width = h.shape
-    heads = attn.num_heads
-    qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias)
+    qkv = F.linear(h, block.attn.in_proj_weight, block.attn.in_proj_bias)
     if qkv_delta is not None:
         qkv = qkv + qkv_delta
-    q, k, v = qkv.view(n, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)  # each (n, heads, T, hd)
-    logits = (q * (width // heads) ** -0.5) @ k.transpose(-2, -1)
-    if mask is not None:
-        logits = logits + mask
-    if size is not None:
-        logits = logits + size.log()[:, None, None, :, 0]
-    out = (logits.softmax(dim=-1) @ v).transpose(1, 2).reshape(n, length, width)
-    return F.linear(out, attn.out_proj.weight, attn.out_proj.bias), k.mean(dim=1)
+    q, k, v = qkv.chunk(3, dim=-1)
+    return _attention(block, q, k, v, size, mask), _mean_keys(k, block.attn.num_heads)
+
+
+def attend_to(block: nn.Module, query: Tensor, context: Tensor, size: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The block's attention of normalised `query` (n, Tq, width) over normalised `context` (n, Tk,
+    width), whose tokens stand for `size` (n, Tk, 1) patches each; returns the output (n, Tq, width)
+    and the context's keys averaged over heads."""
+    w_q, w_k, w_v = block.attn.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = block.attn.in_proj_bias.chunk(3)
+    k = F.linear(context, w_k, b_k)
+    out = _attention(block, F.linear(query, w_q, b_q), k, F.linear(context, w_v, b_v), size, None)
+    return out, _mean_keys(k, block.attn.num_heads)

@@ -107,24 +107,25 @@ def clips_after(schedule: tuple[LayerMerge, ...], frames: int) -> int:
     return clips
 
 
-def _merged(count: int, share_or_r: float | int, tokens: int, protected: int) -> int:
-    """Tokens a merge takes: a count, or a share of all `tokens` (rounded down), at most half
-    of the mergeable ones."""
-    r = count if count else int(tokens * share_or_r)
+def merged_count(count: int, share: float, tokens: int, protected: int) -> int:
+    """Tokens a merge takes: `count`, or (count 0) the `share` of all `tokens` rounded down; at most
+    half of those that are not `protected`."""
+    r = count if count else int(tokens * share)
     return min(r, (tokens - protected) // 2)
 
 
-def token_counts(schedule: tuple[LayerMerge, ...], frames: int, tokens_per_frame: int) -> list[int]:
+def token_counts(schedule: tuple[LayerMerge, ...], frames: int, tokens_per_frame: int, kept: int = 1) -> list[int]:
     """Tokens per video entering the encoder and after each layer, by the schedule's rules (the
-    encoder's own forward records the same; tests compare them)."""
+    encoder's own forward records the same; tests compare them); `kept` tokens of each frame are
+    never merged (its class token, and DGL's local prompts)."""
     clips_after(schedule, frames)
-    clips, tokens, cls = frames, tokens_per_frame, 1
+    clips, tokens, cls = frames, tokens_per_frame, kept
     counts = [clips * tokens]
     for merge in schedule:
         if merge.clips > 1:
             clips, tokens, cls = clips // merge.clips, tokens * merge.clips, cls * merge.clips
-            tokens -= _merged(0, merge.before, tokens, cls)
-        tokens -= _merged(merge.after_r, merge.after, tokens, cls)
+            tokens -= merged_count(0, merge.before, tokens, cls)
+        tokens -= merged_count(merge.after_r, merge.after, tokens, cls)
         counts.append(clips * tokens)
     return counts
 
@@ -200,11 +201,11 @@ def encode_frames(visual: nn.Module, video: Tensor, schedule: tuple[LayerMerge, 
             joins += 1
             x, size = join_clips(x, merge.clips, cls), join_clips(size, merge.clips, cls)
             cls *= merge.clips
-            x, size = bipartite_merge(x, size, metric, _merged(0, merge.before, x.shape[1], cls), cls)
+            x, size = bipartite_merge(x, size, metric, merged_count(0, merge.before, x.shape[1], cls), cls)
         h = block.ln_1(x)
         out, keys = attend(block, h, lora.delta(layer, h) if lora is not None else None, size)
         x = x + out
-        x, size = bipartite_merge(x, size, keys, _merged(merge.after_r, merge.after, x.shape[1], cls), cls)
+        x, size = bipartite_merge(x, size, keys, merged_count(merge.after_r, merge.after, x.shape[1], cls), cls)
         x = x + block.mlp(block.ln_2(x))
         if counts is not None:
             counts.append(x.shape[0] * x.shape[1] // b)

@@ -25,6 +25,11 @@ CLIP stays frozen; what trains is a set of prompts in both encoders, every layer
   is the first global prompt's output through ln_post and proj (the reference's default
   `global_prompt0`).
 
+`--merge` (off by default; not in the reference) merges the frames' tokens as TempMe does
+(cpt.core.merging): each frame's class token and local prompts are kept, the rest merged after
+attention with proportional attention in both the frames' and the global prompts' attention, and
+neighbouring frames joined into clips that then read each other.
+
 Deviations from the reference, and why:
 
 - text prompt placement: the reference puts half of its 8 text prompts after the caption
@@ -60,13 +65,24 @@ import torch.nn.functional as F
 from clip.model import QuickGELU, ResidualAttentionBlock
 from torch import Tensor, nn
 
+from cpt.core.attention import attend_to
 from cpt.core.backbone import Backbone
+from cpt.core.merging import (
+    LayerMerge,
+    bipartite_merge,
+    clips_after,
+    join_clips,
+    merge_option,
+    merged_count,
+    parse_schedule,
+)
 from cpt.errors import CptError
 from cpt.methods.registry import register
 from cpt.methods.retrieval.base import RetrievalMethod, check_frames, require_vit
 from cpt.options import Options, option
 
 PANEL = "DGL"
+NO_MERGE = LayerMerge()
 LATENTS = ("linear", "transformer")
 
 
@@ -93,6 +109,7 @@ class DGLConfig(Options):
                                 "video embedding sees frame order (not in the reference).", panel=PANEL)
     dgl_no_global_local: bool = option(False, "Ablation: no global-local attention (frames do not see the global "
                                        "prompts; these read only the frames' class tokens).", panel=PANEL)
+    merge: str = merge_option("none")
     seed: int = 0
 
 
@@ -143,6 +160,7 @@ class DGL(RetrievalMethod):
         self.layers = max(self.text_depth, self.vision_depth)  # layers of the latent space
         self.n_text, self.n_local, self.n_global = cfg.dgl_text_prompts, cfg.dgl_local_prompts, cfg.dgl_global_prompts
         self.frames = cfg.dgl_max_frames
+        self.schedule = None if cfg.merge == "none" else parse_schedule(cfg.merge, self.vision_layers)
         latent = cfg.dgl_latent_dim or self.width
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
@@ -211,38 +229,88 @@ class DGL(RetrievalMethod):
     # -- video -----------------------------------------------------------------------------
 
     def video_tokens(self, video: Tensor) -> tuple[Tensor, Tensor]:
-        """The image transformer's last hidden states: global prompts (b, n_global, width) and
-        frame tokens (b, frames, 1 + n_local + patches, width)."""
+        """The image transformer's last hidden states: global prompts (b, n_global, width) and the
+        clips' tokens (b, clips, tokens, width). Without --merge a clip is a frame, [class token, local
+        prompts, patches]; with it, the clips the schedule leaves, each [class token and local prompts
+        of each of its frames, in order, then its (merged) other tokens]."""
         visual = self.backbone.model.visual
         dtype = visual.conv1.weight.dtype
         b, t = video.shape[:2]
+        if self.schedule is not None:
+            clips_after(self.schedule, t)
         _, local = self.prompts(t)
         local = local.to(dtype)
         x = visual.conv1(video.flatten(0, 1).to(dtype))  # (b t, width, grid, grid)
         x = x.flatten(2).transpose(1, 2)
         cls = visual.class_embedding.to(dtype).expand(x.shape[0], 1, -1)  # x.shape: traced exports take any batch
         x = visual.ln_pre(torch.cat([cls, x], dim=1) + visual.positional_embedding.to(dtype))
-        m = self.n_local
         frames = torch.cat([x[:, :1], local[0].repeat(b, 1, 1), x[:, 1:]], dim=1)  # (b t, tokens, width)
         glob = self.global_prompts.to(dtype)[None].expand(b, -1, -1)
+        size = None if self.schedule is None else torch.ones_like(frames[..., :1])
+        f = 1  # frames a clip holds
         for i, block in enumerate(visual.transformer.resblocks):
+            merge = NO_MERGE if self.schedule is None else self.schedule[i]
+            if merge.clips > 1:
+                frames, size, f = self._join(frames, size, f, merge)
             if 0 < i < self.vision_depth:
-                frames = torch.cat([frames[:, :1], local[i].repeat(b, 1, 1), frames[:, 1 + m:]], dim=1)
-            frames, glob = self._block(block, frames, glob, b, t)
-        return glob, frames.view(b, t, *frames.shape[1:])
+                frames = self._new_prompts(frames, local[i], b, f)
+            frames, glob, size = self._block(block, frames, glob, size, b, f, merge)
+        return glob, frames.view(b, -1, *frames.shape[1:])
 
-    def _block(self, block: nn.Module, frames: Tensor, glob: Tensor, b: int, t: int) -> tuple[Tensor, Tensor]:
-        """One frozen block with the global-local attention (or its ablation)."""
+    def _kept(self, f: int) -> int:
+        """Leading tokens of a clip of f frames that are never merged: each frame's class token and
+        local prompts."""
+        return f * (1 + self.n_local)
+
+    def _new_prompts(self, frames: Tensor, local: Tensor, b: int, f: int) -> Tensor:
+        """The layer's local prompts (t, n_local, width) in place of the previous layer's."""
+        m = self.n_local
+        if f == 1:
+            return torch.cat([frames[:, :1], local.repeat(b, 1, 1), frames[:, 1 + m:]], dim=1)
+        head = frames[:, :self._kept(f)].unflatten(1, (f, 1 + m))  # (n, f, 1 + m, width)
+        prompts = local.unflatten(0, (-1, f)).repeat(b, 1, 1, 1)  # (b clips, f, m, width)
+        return torch.cat([torch.cat([head[:, :, :1], prompts], dim=2).flatten(1, 2), frames[:, self._kept(f):]], dim=1)
+
+    def _join(self, frames: Tensor, size: Tensor, f: int, merge: LayerMerge) -> tuple[Tensor, Tensor, int]:
+        """Neighbouring clips joined into one (TempMe's cross-clip step), then merged before attention."""
+        metric = join_clips(frames.detach(), merge.clips, self._kept(f))
+        frames, size = join_clips(frames, merge.clips, self._kept(f)), join_clips(size, merge.clips, self._kept(f))
+        f *= merge.clips
+        r = merged_count(0, merge.before, frames.shape[1], self._kept(f))
+        frames, size = bipartite_merge(frames, size, metric, r, self._kept(f))
+        return frames, size, f
+
+    def _block(self, block: nn.Module, frames: Tensor, glob: Tensor, size: Tensor | None, b: int, f: int,
+               merge: LayerMerge) -> tuple[Tensor, Tensor, Tensor | None]:
+        """One frozen block with the global-local attention (or its ablation); with token sizes
+        (--merge), proportional attention and the schedule's merge after attention."""
         hf, hg = block.ln_1(frames), block.ln_1(glob)
         tokens = hf.shape[1]
-        if self.cfg.dgl_no_global_local:
-            af = _attend(block, hf, hf)
-            ag = _attend(block, hg, torch.cat([hg, hf[:, 0].reshape(b, t, -1)], dim=1))
+        c = hf.shape[0] // b  # clips a video
+        if size is None:
+            if self.cfg.dgl_no_global_local:
+                af = _attend(block, hf, hf)
+                ag = _attend(block, hg, torch.cat([hg, hf[:, 0].reshape(b, c, -1)], dim=1))
+            else:
+                af = _attend(block, hf, torch.cat([hg.repeat_interleave(c, dim=0), hf], dim=1))
+                ag = _attend(block, hg, torch.cat([hg, hf.reshape(b, c * tokens, -1)], dim=1))
         else:
-            af = _attend(block, hf, torch.cat([hg.repeat_interleave(t, dim=0), hf], dim=1))
-            ag = _attend(block, hg, torch.cat([hg, hf.reshape(b, t * tokens, -1)], dim=1))
+            ones = torch.ones_like(hg[..., :1])
+            if self.cfg.dgl_no_global_local:
+                af, keys = attend_to(block, hf, hf, size)
+                cls = hf[:, :self._kept(f)].unflatten(1, (f, -1))[:, :, 0].reshape(b, c * f, -1)
+                ag, _ = attend_to(block, hg, torch.cat([hg, cls], dim=1))
+            else:
+                af, keys = attend_to(block, hf, torch.cat([hg.repeat_interleave(c, dim=0), hf], dim=1),
+                                     torch.cat([ones.repeat_interleave(c, dim=0), size], dim=1))
+                keys = keys[:, self.n_global:]
+                ag, _ = attend_to(block, hg, torch.cat([hg, hf.reshape(b, c * tokens, -1)], dim=1),
+                                  torch.cat([ones, size.reshape(b, c * tokens, 1)], dim=1))
         frames, glob = frames + af, glob + ag
-        return frames + block.mlp(block.ln_2(frames)), glob + block.mlp(block.ln_2(glob))
+        if size is not None:
+            r = merged_count(merge.after_r, merge.after, tokens, self._kept(f))
+            frames, size = bipartite_merge(frames, size, keys, r, self._kept(f))
+        return frames + block.mlp(block.ln_2(frames)), glob + block.mlp(block.ln_2(glob)), size
 
     def encode_video(self, video: Tensor) -> Tensor:
         visual = self.backbone.model.visual
