@@ -223,6 +223,10 @@ def test_retrieval_input_errors_exit_2_with_a_message(videos, tmp_path):
     assert code == 2 and "nothing.csv" in err
     code, _, err = cli("predict", tmp_path / "missing-run", "--query", "a red circle")
     assert code == 2
+    for method in ("tempme", "clip4clip", "dgl"):  # a merge schedule that cannot group the frames: nothing written
+        code, _, err = cli("fit", "--method", method, "--merge", "c3:30:10", "--tasks", f"vid={videos}", "--backbone",
+                           "toy", "--frames", "8", "--out", tmp_path / method, "--quiet")
+        assert code == 2 and "--frames 8 does not divide" in err and not (tmp_path / method).exists(), err
 
 
 def test_retrieval_runs_compare_in_one_folder_and_sweep_says_what_to_do(videos, zeroshot, tmp_path):

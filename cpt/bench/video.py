@@ -68,7 +68,7 @@ def bench_step(geometry: str, name: str, device: str = "auto", frames: int = 12,
     videos of `frames` frames."""
     dev = resolve_device(device)
     backbone = backbone_of(geometry, dev)
-    method: RetrievalMethod = build_method(name, backbone, [[]], {"seed": 0, **(options or {})})
+    method: RetrievalMethod = build_method(name, backbone, [[]], {"seed": 0, "frames": frames, **(options or {})})
     res, dim = backbone.preprocess.resolution, backbone.geometry["embed_dim"]
     gen = torch.Generator().manual_seed(0)
     pixels = torch.randn(batch, frames, 3, res, res, generator=gen)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cpt.core.backbone import Backbone
-from cpt.core.merging import encode_frames, merge_option, parse_schedule
+from cpt.core.merging import clips_after, encode_frames, merge_option, parse_schedule
 from cpt.core.prompt import n_ctx_option
 from cpt.core.text import encode_embeddings
 from cpt.errors import CptError
@@ -112,6 +112,7 @@ class CoOpVideo(RetrievalMethod):
 @dataclass
 class Clip4ClipConfig(Options):
     merge: str = merge_option("none")
+    frames: int = 12  # the run's --frames (filled from the kind's options), checked against --merge
     seed: int = 0
 
 
@@ -136,6 +137,8 @@ class Clip4Clip(RetrievalMethod):
         if merges:
             require_vit(backbone, "--merge needs a ViT CLIP (it merges the image transformer's tokens)")
         self.schedule = parse_schedule(cfg.merge, len(self.clip.visual.transformer.resblocks)) if merges else None
+        if self.schedule is not None:
+            clips_after(self.schedule, cfg.frames)  # before any file is written
 
     def tunes_image(self) -> bool:
         return True

@@ -110,6 +110,7 @@ class DGLConfig(Options):
     dgl_no_global_local: bool = option(False, "Ablation: no global-local attention (frames do not see the global "
                                        "prompts; these read only the frames' class tokens).", panel=PANEL)
     merge: str = merge_option("none")
+    frames: int = 12  # the run's --frames (filled from the kind's options), checked against --merge
     seed: int = 0
 
 
@@ -161,6 +162,8 @@ class DGL(RetrievalMethod):
         self.n_text, self.n_local, self.n_global = cfg.dgl_text_prompts, cfg.dgl_local_prompts, cfg.dgl_global_prompts
         self.frames = cfg.dgl_max_frames
         self.schedule = None if cfg.merge == "none" else parse_schedule(cfg.merge, self.vision_layers)
+        if self.schedule is not None:
+            clips_after(self.schedule, cfg.frames)  # before any file is written
         latent = cfg.dgl_latent_dim or self.width
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from cpt.core.attention import LoRA, attend
 from cpt.core.backbone import Backbone
-from cpt.core.merging import encode_frames, frame_positions, join_counts, merge_option, parse_schedule
+from cpt.core.merging import clips_after, encode_frames, frame_positions, join_counts, merge_option, parse_schedule
 from cpt.methods.registry import register
 from cpt.methods.retrieval.base import RetrievalMethod, check_frames, require_vit
 from cpt.methods.retrieval.baselines import mean_pool
@@ -50,6 +50,7 @@ class TempMeConfig(Options):
                                     panel=PANEL, low=1)
     tempme_frame_pos: bool = option(True, "Learn a frame position embedding (zero at the start) at each layer that "
                                     "joins clips.", panel=PANEL)
+    frames: int = 12  # the run's --frames (filled from the kind's options), checked against the schedule
     seed: int = 0
 
 
@@ -93,6 +94,7 @@ class TempMe(RetrievalMethod):
         self.check(cfg, "retrieval", {})
         model.requires_grad_(False)
         self.schedule = parse_schedule(cfg.merge, len(visual.transformer.resblocks))
+        clips_after(self.schedule, cfg.frames)  # before any file is written
         width = visual.conv1.weight.shape[0]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
