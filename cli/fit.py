@@ -39,6 +39,8 @@ EPILOG = """Examples:
   cpt fit --method dgl --tasks toy-video --backbone toy --epochs 20 --optimizer adam --lr 1e-3 --weight-decay 0
 
   cpt fit --method coop-video --tasks msrvtt=data/MSRVTT --backbone ViT-B/32 --fps 1 --select val
+
+  cpt fit --method tempme --tasks msrvtt=data/MSRVTT --backbone ViT-B/32 --fps 1 --select val --merge tempme
 """
 RUN_FIELDS = {f.name for f in declared(FitRequest)}
 CONTROLS = ("resume", "overwrite", "json_out", "quiet", "devices")  # how this command runs, not what the run is
