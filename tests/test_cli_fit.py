@@ -221,7 +221,7 @@ def test_help_lists_methods_with_examples_and_bugs_exit_1(tiny_clip, colours, tm
     help_text = runner.invoke(app, ["fit", "--help"], env={"COLUMNS": "300"})
     assert help_text.exit_code == 0
     assert ("One of: zeroshot, linear-probe, coop, coop-shared, softcpt, scpnet, zeroshot-video, coop-video, clip4clip, "
-            "dgl.") in help_text.stdout
+            "dgl, tempme.") in help_text.stdout
     assert "Examples" in help_text.stdout
 
     def broken(*args, **kwargs):
