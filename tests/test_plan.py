@@ -129,7 +129,7 @@ NOT_APPLICABLE = [  # method, extra arguments, the flag, what the message says u
                                                  "dgl", "tempme"]),
     ("linear-probe", ["--lr", "0.1"], "--lr", ["coop", "coop-shared", "softcpt", "scpnet", "coop-video", "clip4clip",
                                                "dgl", "tempme"]),
-    ("coop", ["--merge", "tome"], "--merge", ["clip4clip", "tempme"]),
+    ("coop", ["--merge", "tome"], "--merge", ["clip4clip", "dgl", "tempme"]),
     ("coop", ["--variant", "nats"], "--variant", ["softcpt"]),
     ("zeroshot", ["--n-ctx", "4"], "--n-ctx", ["coop", "coop-shared", "softcpt", "scpnet", "coop-video"]),
     ("coop", ["--known-ratio", "0.5"], "--known-ratio", ["not for single-label tasks"]),
