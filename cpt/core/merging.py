@@ -173,6 +173,21 @@ def join_clips(x: Tensor, k: int, cls: int) -> Tensor:
     return torch.cat([x[:, :, :cls].reshape(n // k, k * cls, d), x[:, :, cls:].reshape(n // k, -1, d)], dim=1)
 
 
+
+def join_and_merge(x: Tensor, size: Tensor, metric: Tensor, merge: LayerMerge, kept: int) -> tuple[Tensor, Tensor, int]:
+    """A layer's cross-clip step: every `merge.clips` neighbouring sequences joined (tokens, sizes
+    and the match `metric`, each with `kept` leading tokens never merged), then `merge.before` of
+    the joined tokens merged. Returns the tokens, their sizes and the joined sequences' kept count."""
+    x, size, metric = (join_clips(z, merge.clips, kept) for z in (x, size, metric))
+    kept *= merge.clips
+    x, size = bipartite_merge(x, size, metric, merged_count(0, merge.before, x.shape[1], kept), kept)
+    return x, size, kept
+
+
+def merge_after_attention(x: Tensor, size: Tensor, keys: Tensor, merge: LayerMerge, kept: int) -> tuple[Tensor, Tensor]:
+    """A layer's merge after attention, matched on the keys."""
+    return bipartite_merge(x, size, keys, merged_count(merge.after_r, merge.after, x.shape[1], kept), kept)
+
 def encode_frames(visual: nn.Module, video: Tensor, schedule: tuple[LayerMerge, ...], lora: LoRA | None = None,
                   frame_pos: Sequence[Tensor] | None = None, counts: list[int] | None = None) -> Tensor:
     """Per-frame features (b, t, dim) of `video` (b, t, 3, res, res) through CLIP's image encoder
@@ -194,18 +209,15 @@ def encode_frames(visual: nn.Module, video: Tensor, schedule: tuple[LayerMerge, 
         counts.append(x.shape[0] * x.shape[1] // b)
     for layer, (block, merge) in enumerate(zip(visual.transformer.resblocks, schedule)):
         if merge.clips > 1:
-            metric = join_clips(x.detach(), merge.clips, cls)  # matched without the position embedding
+            metric = x.detach()  # matched without the position embedding
             if frame_pos is not None:
                 pos = frame_pos[joins].to(dtype)  # (clips now, width)
                 x = (x.view(b, -1, *x.shape[1:]) + pos[None, :, None]).flatten(0, 1)
             joins += 1
-            x, size = join_clips(x, merge.clips, cls), join_clips(size, merge.clips, cls)
-            cls *= merge.clips
-            x, size = bipartite_merge(x, size, metric, merged_count(0, merge.before, x.shape[1], cls), cls)
+            x, size, cls = join_and_merge(x, size, metric, merge, cls)
         h = block.ln_1(x)
         out, keys = attend(block, h, lora.delta(layer, h) if lora is not None else None, size)
-        x = x + out
-        x, size = bipartite_merge(x, size, keys, merged_count(merge.after_r, merge.after, x.shape[1], cls), cls)
+        x, size = merge_after_attention(x + out, size, keys, merge, cls)
         x = x + block.mlp(block.ln_2(x))
         if counts is not None:
             counts.append(x.shape[0] * x.shape[1] // b)
@@ -234,7 +246,3 @@ def merge_option(default: str) -> Any:
                   "(TempMe's schedule) or one item a layer, e.g. '2*8,c2:30:10,c2:30:10,c3:30:10,10%' (see README).",
                   panel="Token merging")
 
-
-def merged_share(schedule: tuple[LayerMerge, ...], frames: int, tokens_per_frame: int) -> float:
-    """Output tokens per video as a share of the unmerged encoder's."""
-    return token_counts(schedule, frames, tokens_per_frame)[-1] / (frames * tokens_per_frame)

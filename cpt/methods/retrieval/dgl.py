@@ -68,12 +68,12 @@ from torch import Tensor, nn
 from cpt.core.attention import attend_to
 from cpt.core.backbone import Backbone
 from cpt.core.merging import (
+    NONE,
     LayerMerge,
-    bipartite_merge,
     clips_after,
-    join_clips,
+    join_and_merge,
+    merge_after_attention,
     merge_option,
-    merged_count,
     parse_schedule,
 )
 from cpt.errors import CptError
@@ -82,7 +82,6 @@ from cpt.methods.retrieval.base import RetrievalMethod, check_frames, require_vi
 from cpt.options import Options, option
 
 PANEL = "DGL"
-NO_MERGE = LayerMerge()
 LATENTS = ("linear", "transformer")
 
 
@@ -252,9 +251,10 @@ class DGL(RetrievalMethod):
         size = None if self.schedule is None else torch.ones_like(frames[..., :1])
         f = 1  # frames a clip holds
         for i, block in enumerate(visual.transformer.resblocks):
-            merge = NO_MERGE if self.schedule is None else self.schedule[i]
-            if merge.clips > 1:
-                frames, size, f = self._join(frames, size, f, merge)
+            merge = NONE if self.schedule is None else self.schedule[i]
+            if merge.clips > 1:  # TempMe's cross-clip step
+                frames, size, _ = join_and_merge(frames, size, frames.detach(), merge, self._kept(f))
+                f *= merge.clips
             if 0 < i < self.vision_depth:
                 frames = self._new_prompts(frames, local[i], b, f)
             frames, glob, size = self._block(block, frames, glob, size, b, f, merge)
@@ -273,15 +273,6 @@ class DGL(RetrievalMethod):
         head = frames[:, :self._kept(f)].unflatten(1, (f, 1 + m))  # (n, f, 1 + m, width)
         prompts = local.unflatten(0, (-1, f)).repeat(b, 1, 1, 1)  # (b clips, f, m, width)
         return torch.cat([torch.cat([head[:, :, :1], prompts], dim=2).flatten(1, 2), frames[:, self._kept(f):]], dim=1)
-
-    def _join(self, frames: Tensor, size: Tensor, f: int, merge: LayerMerge) -> tuple[Tensor, Tensor, int]:
-        """Neighbouring clips joined into one (TempMe's cross-clip step), then merged before attention."""
-        metric = join_clips(frames.detach(), merge.clips, self._kept(f))
-        frames, size = join_clips(frames, merge.clips, self._kept(f)), join_clips(size, merge.clips, self._kept(f))
-        f *= merge.clips
-        r = merged_count(0, merge.before, frames.shape[1], self._kept(f))
-        frames, size = bipartite_merge(frames, size, metric, r, self._kept(f))
-        return frames, size, f
 
     def _block(self, block: nn.Module, frames: Tensor, glob: Tensor, size: Tensor | None, b: int, f: int,
                merge: LayerMerge) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -311,8 +302,7 @@ class DGL(RetrievalMethod):
                                   torch.cat([ones, size.reshape(b, c * tokens, 1)], dim=1))
         frames, glob = frames + af, glob + ag
         if size is not None:
-            r = merged_count(merge.after_r, merge.after, tokens, self._kept(f))
-            frames, size = bipartite_merge(frames, size, keys, r, self._kept(f))
+            frames, size = merge_after_attention(frames, size, keys, merge, self._kept(f))
         return frames + block.mlp(block.ln_2(frames)), glob + block.mlp(block.ln_2(glob)), size
 
     def encode_video(self, video: Tensor) -> Tensor:
