@@ -16,6 +16,8 @@ from cpt.eval.evaluate import EvalRequest, evaluate_targets
 
   cpt eval runs/pets-coop --data new_photos/ --out runs/pets-coop/new --json
 
+  cpt eval runs/pets-base --classes new     # base-to-new: a run trained with --classes base, on the unseen half
+
   cpt eval RN50 --data data/pets/test --template 'a photo of a {}, a type of pet.'
 
   cpt eval runs/ml-coop-0.1 runs/ml-coop-0.5 runs/ml-coop-1.0 --out runs/ml-compare
@@ -33,6 +35,8 @@ def eval_cmd(
     precision: Annotated[str | None, typer.Option(help="fp32, fp16 or bf16 [default: the run's].")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Feature cache [default: the run's, $CPT_CACHE or ~/.cache/cpt].")] = None,
     clip_cache: Annotated[Path | None, typer.Option(help="Where OpenAI CLIP weights live [default: ~/.cache/clip].")] = None,
+    pretrained: Annotated[str | None, typer.Option(help="An OpenCLIP backbone target's weights (TARGET openclip:ARCH): a tag or a checkpoint file.")] = None,
+    classes: Annotated[str | None, typer.Option(help="Base-to-new: evaluate a run trained with --classes base on its tasks' new (or base, or all) classes, into RUN/classes-NEW [default: the run's own].")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars or info messages.")] = False,
 ) -> None:
@@ -41,7 +45,7 @@ def eval_cmd(
     req = EvalRequest(
         target=targets[0], data=data, task=task, out=str(out) if out else None, templates=list(template or []) or None,
         device=device, precision=precision, cache_dir=str(cache_dir) if cache_dir else None,
-        clip_cache=str(clip_cache) if clip_cache else None,
+        clip_cache=str(clip_cache) if clip_cache else None, classes=classes, pretrained=pretrained,
     )
     where, metrics = evaluate_targets(targets, req)
     if not dist.is_main():  # under torchrun rank 0 reports

@@ -39,7 +39,8 @@ def _classes(tasks: Optional[str], classes: Optional[Path]) -> tuple[list[str], 
 """)
 @command
 def prior_cmd(
-    backbone: Annotated[str, typer.Option(help="OpenAI CLIP name, checkpoint path or toy.")] = "RN50",
+    backbone: Annotated[str, typer.Option(help="OpenAI CLIP name, checkpoint path, toy, or openclip:ARCH with --pretrained.")] = "RN50",
+    pretrained: Annotated[Optional[str], typer.Option(help="OpenCLIP weights for --backbone openclip:ARCH: a tag or a checkpoint file.")] = None,
     tasks: Annotated[Optional[str], typer.Option(help="A multi-label task (or recipe) whose classes to relate.")] = None,
     classes: Annotated[Optional[Path], typer.Option(help="Or a file of class names, one per line.")] = None,
     template: Annotated[str, typer.Option(help="Prompt template for the class-name embeddings.")] = PriorConfig.template,
@@ -54,7 +55,7 @@ def prior_cmd(
     """SCPNet's label-to-label prior from CLIP's text encoder: similarity, adjacency, relation."""
     names, targets = _classes(tasks, classes)
     cfg = PriorConfig(template=template, topk=topk, reweight_p=reweight_p, temperature=temperature)
-    prior = label_prior(load_backbone(backbone, device), names, cfg)
+    prior = label_prior(load_backbone(backbone, device, pretrained=pretrained), names, cfg)
     frames = prior.frames()
     r = None
     if targets is not None:  # does the text prior agree with how these labels co-occur?

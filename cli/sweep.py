@@ -42,21 +42,25 @@ GATHER_ALONE = {"gather_out", "json_out", "quiet"}  # --gather reads the rest fr
 
   cpt sweep --tasks toy --backbone toy --out runs/toy-table --shard $SLURM_ARRAY_TASK_ID/4   # sbatch --array=1-4
 
+  cpt sweep --tasks shape=DIR,colour=DIR --backbone toy --methods zeroshot,coop,kgcoop --shots 16 --protocol base2new --out runs/b2n
+
   cpt sweep --gather runs/toy-table
 """)
 @command
 def sweep_cmd(
     context: typer.Context,
     tasks: Annotated[Optional[str], typer.Option(help="As for cpt fit: NAME=PATH[,...], a recipe or a task file.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Folder for the runs, sweep.json, results.csv, table.md and accuracy_vs_shots.png (map_vs_known_ratio.png).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for the runs, sweep.json, results.csv, table.md, seconds.csv and seconds.md (each run's fitting time) and accuracy_vs_shots.png (map_vs_known_ratio.png).")] = None,
     methods: Annotated[str, typer.Option(help="Comma-separated methods; a method's switches as method+switch, e.g. scpnet+no-prior, coop+class-specific.")] = "zeroshot,linear-probe,coop",
     shots: Annotated[str, typer.Option(help="Comma-separated shot counts (single-label tasks).")] = "1,2,4,8,16",
     known_ratios: Annotated[Optional[str], typer.Option(help="Multi-label tasks: comma-separated known-label ratios (replaces --shots), e.g. 0.1,0.3,0.5,0.7,0.9.")] = None,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "1,2,3",
     backbone: Annotated[str, typer.Option(help="As for cpt fit.")] = "RN50",
+    pretrained: Annotated[Optional[str], typer.Option(help="As for cpt fit: OpenCLIP weights (a tag or a file) for --backbone openclip:ARCH.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto (under torchrun with several GPUs: each rank its $LOCAL_RANK's).")] = "auto",
     epochs: Annotated[Optional[int], typer.Option(help="Override the default epochs of every method that trains.")] = None,
     ctx_init: Annotated[Optional[str], typer.Option(help="Initialise learned contexts from these words, e.g. 'a photo of a' (as cpt fit).")] = None,
+    protocol: Annotated[str, typer.Option(help="standard, or base2new: train on the base half of each task's classes (cpt fit --classes base), evaluate on the base and the unseen new half (RUN/classes-new), table of base, new and their harmonic mean H (single-label; methods whose prompts carry over to new classes).")] = "standard",
     shard: Annotated[Optional[str], typer.Option(metavar="I/N", help="Run only shard I of N (counted from 1, e.g. $SLURM_ARRAY_TASK_ID/4 with --array=1-4): runs I, I+N, I+2N, ... of the run list (methods, then shots or ratios, then seeds). Every shard needs the same other options; the last to finish gathers. Under torchrun each rank takes a shard by itself ($RANK+1 of $WORLD_SIZE).")] = None,
     gather_out: Annotated[Optional[Path], typer.Option("--gather", metavar="OUT", help="Only gather: build OUT's results.csv, table.md and plot from its finished runs (the options come from OUT/sweep.json); exit 2 naming any run not finished and its shard.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the tidy results as JSON on stdout (a shard that does not gather: its own runs').")] = False,
@@ -76,10 +80,10 @@ def sweep_cmd(
                            "to gather a sweep whose shards have run.")
         part = parse_shard(shard) if shard is not None else None
         options = {k: v for k, v in {"epochs": epochs, "ctx_init": ctx_init}.items() if v is not None}
-        base = FitRequest(tasks=tasks, backbone=backbone, device=device, options=options)
+        base = FitRequest(tasks=tasks, backbone=backbone, pretrained=pretrained, device=device, options=options)
         ratios = _numbers(known_ratios, "--known-ratios", float) if known_ratios else None
         outcome = sweep(base, _once([m.strip() for m in methods.split(",") if m.strip()], "--methods"),
-                        _numbers(shots, "--shots"), _numbers(seeds, "--seeds"), out, ratios, part)
+                        _numbers(shots, "--shots"), _numbers(seeds, "--seeds"), out, ratios, part, protocol)
         results, where, gathered = outcome.results, out, outcome.gathered
         if not gathered and not quiet:
             console.print(f"shard {outcome.shard}: its {len(outcome.ran)} runs have finished; {len(outcome.waiting)} "
@@ -89,3 +93,4 @@ def sweep_cmd(
         emit_json(results.to_dict(orient="records"))
     if gathered and not quiet:
         console.print((where / "table.md").read_text(), highlight=False)
+        console.print((where / "seconds.md").read_text(), highlight=False)

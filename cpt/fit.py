@@ -79,7 +79,7 @@ def training_data(p: Plan, method: Method, task: Task, cache: FeatureCache, run:
     if method.tunes_image():
         keep = _readable_now(paths, cache)
         readable = [paths[i] for i in keep.tolist()]
-        views = {k: EncodedViews(cache.backbone, readable, aug) for k, aug in augmentations.items()}
+        views = {k: EncodedViews(cache.backbone, readable, aug, cache.encode) for k, aug in augmentations.items()}
     else:
         views = {k: dist.share_features(cache, paths, aug, f"{task.name}: train {k}") for k, aug in augmentations.items()}
         plain = dist.share_features(cache, paths, None, f"{task.name}: train") if "plain" in method.uses else None
@@ -93,7 +93,7 @@ def training_data(p: Plan, method: Method, task: Task, cache: FeatureCache, run:
         val_paths = task.paths("val")
         if method.tunes_image():
             val_keep = _readable_now(val_paths, cache)
-            val = EncodedViews(cache.backbone, [val_paths[i] for i in val_keep.tolist()], None)
+            val = EncodedViews(cache.backbone, [val_paths[i] for i in val_keep.tolist()], None, cache.encode)
         else:
             val = dist.share_features(cache, val_paths, None, f"{task.name}: val")
             val_keep = cache.readable(val_paths)
@@ -154,8 +154,11 @@ def selected_epoch(run: Path) -> dict | None:
 
 
 def _train_or_restore(p: Plan, method: Method, data: list[TaskData], run: Path, checkpoint: dict | None,
-                      backbone: Any, names: list[str], validate: Callable[[], float] | None) -> None:
-    """Fit the method (checkpointing every epoch), or restore a run that finished training."""
+                      backbone: Any, names: list[str], validate: Callable[[], float] | None) -> float | None:
+    """Fit the method (checkpointing every epoch), or restore a run that finished training. Returns
+    the seconds fitting took (training epochs, with those of earlier attempts; or a training-free
+    fit), None when restored."""
+    seconds = None
     if checkpoint and checkpoint.get("done"):
         method.load_state(checkpoint["state"])
     elif method.trains:
@@ -165,14 +168,19 @@ def _train_or_restore(p: Plan, method: Method, data: list[TaskData], run: Path, 
             R.save_checkpoint(run, R.checkpoint_payload(method, names, backbone, state, done=False))
 
         history = train(method, data, p.train, checkpoint["train_state"] if checkpoint else None, save, validate)
+        method.finish(data)
+        seconds = sum(row["time_s"] for row in history)
         if dist.is_main():
             write_csv(run / "history.csv", pd.DataFrame(history))
     else:
+        t0 = time.perf_counter()
         method.fit(data)
+        seconds = time.perf_counter() - t0
     if method.tunes_image():
-        backbone.mark_image_tuned()  # test features come from the tuned encoder, under their own cache key
+        backbone.mark_image_tuned(method.image_encoder())  # test features: the tuned encoder's, under their own key
     if dist.is_main():
         R.save_checkpoint(run, R.checkpoint_payload(method, names, backbone, None, done=True))
+    return seconds
 
 
 def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitResult:
@@ -202,7 +210,8 @@ def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitRe
             records = [p.kind.record(t, s, p.kind_options, req.seed) for t, s in zip(tasks, p.specs)]
         check_val_split(p, tasks)
     # rank 0 first: it may download the weights the others then read
-    backbone = dist.rank0_first(lambda: load_backbone(req.backbone, req.device, req.precision, req.clip_cache))
+    backbone = dist.rank0_first(lambda: load_backbone(req.backbone, req.device, req.precision, req.clip_cache,
+                                                               req.pretrained))
     with dist.agreed():
         if config:  # resuming: the prompt learned so far belongs to the backbone the run started with
             R.check_backbone(backbone, config["backbone"]["sha256"], f"the run {run}")
@@ -230,7 +239,8 @@ def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitRe
             if main:
                 R.write_config(run, config)
                 written = config
-        cache = FeatureCache(backbone, Path(req.cache_dir) if req.cache_dir else None, req.encode_batch_size)
+        cache = FeatureCache(backbone, Path(req.cache_dir) if req.cache_dir else None, req.encode_batch_size,
+                             encoder=method.image_encoder())
         if resume and (run / SKIPPED).exists():
             earlier = [Skipped(**r) for r in pd.read_csv(run / SKIPPED, dtype=str, keep_default_na=False).to_dict("records")]
         video = p.kind.name == "retrieval"
@@ -258,12 +268,14 @@ def fit(req: FitRequest, resume: bool = False, overwrite: bool = False) -> FitRe
         validate = None
         if selects_on_val(p):
             validate = retrieval.val_scorer(p.kind, method, tasks, cache) if video else val_scorer(p, method, data, headline)
-        _train_or_restore(p, method, data, run, checkpoint, backbone, names, validate)
+        seconds = _train_or_restore(p, method, data, run, checkpoint, backbone, names, validate)
         # no collective from here on: the other ranks are done, rank 0 evaluates and writes
         if not main:
             return FitResult(run, pd.DataFrame(), cache.stats.encoded, cache.stats.cached, len(skipped),
                              time.perf_counter() - t0)
         config["selected"] = selected_epoch(run)
+        if seconds is not None:
+            config["train_seconds"] = round(seconds, 2)
         scored = retrieval.score(tasks, method, cache) if video else score(tasks, method.classifiers(), cache, features=tests)
         evaluation = p.kind.evaluate(scored, "test", headline)
         p.kind.write(run, f"cpt fit: {req.method} on {', '.join(names)}", evaluation, details(config))

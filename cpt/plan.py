@@ -46,7 +46,10 @@ class FitRequest(Options):
                       "known<ratio> for multi-label tasks].", panel=PANEL)
     seed: int = option(1, "Seed of sampling, splits, initialisation and training order.", panel=PANEL, low=0,
                        high=2**31 - 1)
-    backbone: str = option("RN50", "OpenAI CLIP name (RN50, ViT-B/16, ...), a checkpoint path, or toy.", panel=PANEL)
+    backbone: str = option("RN50", "OpenAI CLIP name (RN50, ViT-B/16, ...), a checkpoint path, toy, or openclip:ARCH "
+                           "(an OpenCLIP architecture, e.g. openclip:ViT-B-32, with --pretrained).", panel=PANEL)
+    pretrained: str | None = option(None, "OpenCLIP weights of --backbone openclip:ARCH: a pretrained tag (e.g. "
+                                    "laion2b_s34b_b79k, downloaded once) or a checkpoint file.", panel=PANEL)
     device: str = option("auto", "cpu, cuda, cuda:N or auto.", panel=PANEL)
     precision: str = option("fp32", "Precision of the frozen CLIP.", panel=PANEL, choices=tuple(PRECISIONS))
     cache_dir: str | None = option(None, "Feature cache [default: $CPT_CACHE or ~/.cache/cpt].", panel=PANEL)
@@ -116,6 +119,9 @@ def fit_options() -> list[OptionSpec]:
             if f.metadata["help"] != spec.field.metadata["help"]:
                 raise TypeError(f"option {f.name} of {cls.__name__} is declared again with another help text")
             spec.defaults[label] = default_of(f)
+    for name, cls in METHODS.items():  # published training defaults a method sets over cpt's
+        for option, value in cls.defaults.items():
+            found[option].defaults[name] = value
     return list(found.values())
 
 
@@ -187,7 +193,7 @@ def _defaults(req: FitRequest, method: type[Method], kind: TaskKind, recipe_pres
     if stray:  # a preset is code: this is a bug in it, not the user's
         raise TypeError(f"preset {req.preset} of {method.name} sets options it does not accept on {kind.name} tasks: "
                         f"{stray}")
-    defaults = {**{k: v for k, v in recipe_presets.items() if k in allowed}, **preset}
+    defaults = {**{k: v for k, v in recipe_presets.items() if k in allowed}, **method.defaults, **preset}
     for group in kind.alternatives:
         if group & set(req.options):
             defaults = {k: v for k, v in defaults.items() if k not in group}
@@ -249,4 +255,14 @@ def method_options(method: type[Method]) -> list[tuple[str, Any, str]]:
     for name in method.kinds:
         classes += [c for c in option_classes(method, KINDS[name]) if c not in classes]
         names |= applicable(method, KINDS[name])
-    return [(flag(f.name), default_of(f), f.metadata["help"]) for cls in classes for f in declared(cls) if f.name in names]
+    return [(flag(f.name), _method_default(method, f), f.metadata["help"])
+            for cls in classes for f in declared(cls) if f.name in names]
+
+
+def _method_default(method: type[Method], f: Any) -> Any:
+    """The default `method` trains with: its published value over cpt's; epochs as its budget on its first kind."""
+    value = method.defaults.get(f.name, default_of(f))
+    if f.name == "epochs" and value is None:
+        kind = KINDS[method.kinds[0]]
+        value = method.default_epochs(getattr(kind.Options(), "shots", None), kind.name)
+    return value

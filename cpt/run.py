@@ -181,9 +181,11 @@ def check_backbone(backbone: Backbone, expected: str, what: str) -> None:
 
 
 def load_run(run: Path, device: str | None = None, precision: str | None = None, clip_cache: str | None = None,
-             overrides: dict | None = None) -> tuple[dict, Backbone, Method]:
+             overrides: dict | None = None, classnames: list[list[str]] | None = None) -> tuple[dict, Backbone, Method]:
     """A finished run's config, its backbone and its method with the learned state loaded;
-    `overrides` replace resolved method options (e.g. another zero-shot template)."""
+    `overrides` replace resolved method options (e.g. another zero-shot template); `classnames`
+    replace the tasks' classes (base-to-new: classes it never saw), for a method whose state
+    does not depend on them."""
     config = read_config(run)
     checkpoint = load_checkpoint(run)
     check_splits(run)
@@ -191,10 +193,14 @@ def load_run(run: Path, device: str | None = None, precision: str | None = None,
         raise CptError(f"The run {run} has not finished training; finish it with `cpt fit --resume {run}`.")
     request = config["request"]
     backbone = load_backbone(request["backbone"], device or request["device"], precision or request["precision"],
-                             clip_cache or request.get("clip_cache"))
+                             clip_cache or request.get("clip_cache"), request.get("pretrained"))
     check_backbone(backbone, config["backbone"]["sha256"], f"the run {run}")
     options = {**config["resolved"]["method"], **(overrides or {})}
-    method = build_method(request["method"], backbone, [t["classnames"] for t in config["tasks"]], options,
-                          [t["title"] for t in config["tasks"]])
+    method = build_method(request["method"], backbone, classnames or [t["classnames"] for t in config["tasks"]],
+                          options, [t["title"] for t in config["tasks"]])
+    if classnames is not None and not method.transfers(method.cfg):
+        raise CptError(f"The run {run} ({request['method']}) learned weights for each of its classes, so it cannot "
+                       "classify classes it never saw. Base-to-new evaluation needs a method whose prompts do not "
+                       "depend on the classes: zeroshot, coop (without --class-specific), kgcoop, maple, softcpt.")
     method.load_state(checkpoint["state"])
     return config, backbone, method

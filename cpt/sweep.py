@@ -1,5 +1,7 @@
 """`cpt sweep`: methods x shots (or x known ratios, multi-label) x seeds of `cpt fit`, gathered
-into one tidy CSV, a table and a plot.
+into one tidy CSV, a table and a plot. `--protocol base2new` trains each run on the base half of
+its tasks' classes, evaluates it on the new half too, and tabulates base, new and their harmonic
+mean.
 
 A method may carry any of its boolean options, e.g. `scpnet+no-prior` or `coop+class-specific`.
 Every combination runs into OUT/<method>-<shots>shot-seed<seed>/ (or OUT/<method>-known<ratio>-seed<seed>/);
@@ -11,7 +13,7 @@ N takes its runs I, I+N, I+2N, ... (counted from 1); under torchrun each rank ru
 sweep's options go to OUT/sweep.json before any run starts, and a shard given other options than
 those recorded is refused; each shard keeps OUT/shards/I-of-N.json up to date (its runs and
 their status). The shard that finishes last (every run of the sweep finished) gathers
-results.csv, table.md and the plot; `gather(OUT)` does the same from the folder alone. Every
+results.csv, table.md, seconds.csv and seconds.md (fitting time per run) and the plot; `gather(OUT)` does the same from the folder alone. Every
 file is written atomically, and gathering the same runs twice writes the same files, so shards
 finishing at once are harmless.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -36,14 +39,17 @@ from cpt import run as R
 from cpt.console import log
 from cpt.errors import CptError
 from cpt.eval.report import AXIS_PLOTS, plot_against
+from cpt.eval.evaluate import EvalRequest, evaluate_target
 from cpt.fit import fit
-from cpt.plan import FitRequest, applicable, axis_stem, option_classes, task_kind
+from cpt.plan import FitRequest, applicable, axis_stem, option_classes, plan, task_kind
 from cpt.io import write_csv, write_json, write_text
 from cpt.kinds import KINDS, TaskKind
 from cpt.methods import method_class
 from cpt.options import declared, flag
 
 SPEC = "sweep.json"  # the sweep's options, its kind and its run list
+PROTOCOLS = ("standard", "base2new")
+NEW = "classes-new"  # base2new: RUN/classes-new/, the run evaluated on its tasks' new classes
 SHARDS = "shards"  # OUT/shards/I-of-N.json: each shard's runs and how far it got
 
 
@@ -120,6 +126,7 @@ class SweepRun:
     value: Any
     seed: int
     request: FitRequest
+    base2new: bool = False  # trained on the base classes, then evaluated on the new ones into RUN/classes-new
 
     @property
     def dir(self) -> Path:
@@ -138,16 +145,23 @@ class SweepOutcome:
 
 
 def sweep(base: FitRequest, methods: list[str], shots: list[int], seeds: list[int], out: Path,
-          known_ratios: list[float] | None = None, shard: Shard | None = None) -> SweepOutcome:
+          known_ratios: list[float] | None = None, shard: Shard | None = None, protocol: str = "standard",
+          ) -> SweepOutcome:
     """Run (or reuse) every combination, or shard `shard`'s share of them (under torchrun, each
     rank a share), then gather the tidy results (one row per run, task, metric) once every run of
     the sweep has finished.
 
     The second axis is the tasks' kind's: shots (single-label) or known ratios (multi-label).
-    `base.options` apply to each method they are an option of.
+    `base.options` apply to each method they are an option of. `protocol` base2new trains every
+    run on its tasks' base classes (--classes base) and evaluates it on their new ones too; the
+    table then holds base, new and their harmonic mean.
     """
     out = Path(out)
     kind = task_kind(base)[0]
+    if protocol not in PROTOCOLS:
+        raise CptError(f"--protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}.")
+    if protocol == "base2new":
+        base = _base2new(base, methods, kind)
     if kind.name == "retrieval":
         raise CptError("cpt sweep varies shots (single-label) or known ratios (multi-label); retrieval tasks have "
                        "neither. Run `cpt fit` per method and seed, and compare the runs with `cpt eval RUN1 RUN2 "
@@ -162,6 +176,8 @@ def sweep(base: FitRequest, methods: list[str], shots: list[int], seeds: list[in
     base = replace(base, device=dist.local_device(base.device))
     runs = _runs(base, methods, kind, values, seeds, out)
     spec = _spec(base, methods, axis, values, seeds)
+    if protocol != "standard":  # standard sweeps keep the spec (and the id) they had before protocols existed
+        spec["protocol"] = protocol
     record = {"spec": spec, "id": _digest(spec), "kind": kind.name, "runs": [r.dir.name for r in runs]}
     _record_spec(out, record, shard)
     mine = [r for i, r in enumerate(runs) if shard is None or shard.owns(i)]
@@ -171,7 +187,7 @@ def sweep(base: FitRequest, methods: list[str], shots: list[int], seeds: list[in
             _run_shard(out, shard, record["id"], mine)
         else:
             for r in mine:
-                _run_once(r.request)
+                _run_once(r)
     ran = [r.dir.name for r in mine]
     waiting = [r.dir.name for r in runs if not _finished(r)] if shard is not None else []
     if waiting:
@@ -180,14 +196,32 @@ def sweep(base: FitRequest, methods: list[str], shots: list[int], seeds: list[in
 
 
 def gather(out: Path) -> pd.DataFrame:
-    """results.csv, table.md and the plot of the sweep in `out`, from OUT/sweep.json and its runs;
+    """results.csv, table.md, the seconds and the plot of the sweep in `out`, from OUT/sweep.json and its runs;
     refuses (naming them and their shards) while any run has not finished."""
     out = Path(out)
     record = _read_spec(out)
     spec, kind = record["spec"], KINDS[record["kind"]]
     base = FitRequest(**{f.name: spec[f.name] for f in fields(FitRequest) if f.name in spec})
+    if spec.get("protocol") == "base2new":
+        base = _base2new(base, spec["methods"], kind)
     runs = _runs(base, spec["methods"], kind, spec[kind.axis], spec["seeds"], out)
     return _gather(out, record, runs, kind)
+
+
+def _base2new(base: FitRequest, methods: list[str], kind: TaskKind) -> FitRequest:
+    """The sweep's request on the tasks' base classes, once every method is known to carry over to
+    classes it never saw (refused before any run starts otherwise)."""
+    if kind.name != "single-label":
+        raise CptError(f"--protocol base2new splits the classes of single-label tasks; these tasks are {kind.name}.")
+    request = replace(base, options={**base.options, "classes": "base"})
+    for label in methods:
+        name, switches = parse_method(label, kind)
+        own = {k: v for k, v in request.options.items() if k in applicable(method_class(name), kind)}
+        cfg = plan(replace(request, method=name, options={**own, **switches})).method_config
+        if not method_class(name).transfers(cfg):
+            raise CptError(f"--protocol base2new: {label} learns weights for each class, so it cannot classify the new "
+                           "classes; leave it out (zeroshot, coop, kgcoop, maple and softcpt carry over).")
+    return request
 
 
 def _runs(base: FitRequest, methods: list[str], kind: TaskKind, values: list, seeds: list[int],
@@ -202,7 +236,8 @@ def _runs(base: FitRequest, methods: list[str], kind: TaskKind, values: list, se
                 run = out / f"{label}-{axis_stem(kind.axis, value)}-seed{seed}"
                 options = {**shared, kind.axis: value, **switches}
                 runs.append(SweepRun(label, value, seed, replace(base, method=method, seed=seed, out=str(run),
-                                                                 options=options)))
+                                                                 options=options),
+                                     base.options.get("classes") == "base"))
     return runs
 
 
@@ -290,7 +325,7 @@ def _run_shard(out: Path, shard: Shard, sweep_id: str, runs: list[SweepRun]) -> 
         statuses[r.dir.name] = "running"
         manifest("running")
         try:
-            _run_once(r.request)
+            _run_once(r)
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             statuses[r.dir.name] = status
@@ -313,22 +348,28 @@ def _same_run(config: dict, req: FitRequest) -> bool:
     return all(config["request"].get(k) == v for k, v in wanted.items() if k not in HOW_NOT_WHAT)
 
 
-def _run_once(req: FitRequest) -> None:
-    """Fit `req` into `req.out` unless that run already finished with the same options; an
-    interrupted one resumes from its checkpoint; one made with other options is run again."""
-    run = Path(req.out)
+def _run_once(r: SweepRun) -> None:
+    """Fit the run into its folder unless it already finished with the same options; an
+    interrupted one resumes from its checkpoint; one made with other options is run again.
+    base2new: then evaluate it on the new classes, unless done."""
+    req, run = r.request, r.dir
     config = R.read_config(run) if R.is_run(run) else None
     same = config is not None and _same_run(config, req)
     if same and config.get("status") == "finished":
-        return
-    if same and (run / R.CHECKPOINT).exists():
+        pass
+    elif same and (run / R.CHECKPOINT).exists():
         log.info("sweep: resuming %s", run)
         fit(FitRequest(out=str(run)), resume=True)
-        return
-    if config is not None and not same:
-        log.warning("sweep: %s was made with other options; running it again with these", run)
-    log.info("sweep: %s, seed %d -> %s", req.method, req.seed, run)
-    fit(req, overwrite=True)
+    else:
+        if config is not None and not same:
+            log.warning("sweep: %s was made with other options; running it again with these", run)
+            shutil.rmtree(run / NEW, ignore_errors=True)
+        log.info("sweep: %s, seed %d -> %s", req.method, req.seed, run)
+        fit(req, overwrite=True)
+    if r.base2new and not (run / NEW / "metrics.csv").exists():
+        log.info("sweep: %s on the new classes -> %s", run, run / NEW)
+        evaluate_target(EvalRequest(target=str(run), classes="new", device=req.device, cache_dir=req.cache_dir,
+                                    clip_cache=req.clip_cache))
 
 
 def _state(run: SweepRun) -> str:
@@ -342,6 +383,8 @@ def _state(run: SweepRun) -> str:
     status = config.get("status", "running")
     if status == "finished" and not (run.dir / "metrics.csv").exists():
         return "metrics.csv missing"
+    if status == "finished" and run.base2new and not (run.dir / NEW / "metrics.csv").exists():
+        return "not evaluated on the new classes"
     return {"running": "running or killed"}.get(status, status)
 
 
@@ -387,20 +430,34 @@ def _missing(out: Path, record: dict[str, Any], runs: list[SweepRun], missing: l
 
 
 def _results(runs: list[SweepRun], axis: str) -> pd.DataFrame:
-    """The runs' metrics.csv, each row labelled with its run's method label, axis value and seed."""
-    frames = [pd.read_csv(r.dir / "metrics.csv").assign(method=r.label, **{axis: r.value}, seed=r.seed) for r in runs]
+    """The runs' metrics.csv, each row labelled with its run's method label, axis value and seed
+    (base2new: and `classes`, base or new, the new rows from RUN/classes-new/metrics.csv)."""
+    frames = []
+    for r in runs:
+        tags = {"method": r.label, axis: r.value, "seed": r.seed}
+        if r.base2new:
+            frames += [pd.read_csv(r.dir / "metrics.csv").assign(**tags, classes="base"),
+                       pd.read_csv(r.dir / NEW / "metrics.csv").assign(**tags, classes="new")]
+        else:
+            frames.append(pd.read_csv(r.dir / "metrics.csv").assign(**tags))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def _gather(out: Path, record: dict[str, Any], runs: list[SweepRun], kind: TaskKind) -> pd.DataFrame:
-    """Write results.csv, table.md and the plot from the runs, in the run list's order; refused,
+    """Write results.csv, table.md, seconds.csv and .md and the plot from the runs, in the run list's order; refused,
     naming them, while any run has not finished."""
     missing = [r for r in runs if not _finished(r)]
     if missing:
         raise CptError(_missing(out, record, runs, missing))
-    results = _results(runs, kind.axis)
+    results, methods = _results(runs, kind.axis), record["spec"]["methods"]
     write_csv(out / "results.csv", results)
-    write_text(out / "table.md", table(headline(results, kind), record["spec"]["methods"], kind.axis))
+    seconds = _seconds(runs, kind.axis)
+    write_csv(out / "seconds.csv", seconds)
+    write_text(out / "seconds.md", seconds_table(seconds, methods, kind.axis))
+    if "classes" in results:
+        write_text(out / "table.md", base2new_table(harmonic(results, kind), methods, kind.axis))
+        return results
+    write_text(out / "table.md", table(headline(results, kind), methods, kind.axis))
     per_run = per_run_headline(results, kind).rename(columns={"method": "label"})
     plot_against(per_run, kind.axis, out / AXIS_PLOTS[kind.axis][0])
     return results
@@ -417,6 +474,50 @@ def headline(results: pd.DataFrame, kind: TaskKind) -> pd.DataFrame:
     """Mean and std over seeds of each run's headline metric."""
     per_run = per_run_headline(results, kind)
     return per_run.groupby(["method", kind.axis])["value"].agg(["mean", "std"]).fillna(0.0).reset_index()
+
+
+def harmonic(results: pd.DataFrame, kind: TaskKind) -> pd.DataFrame:
+    """base2new: per method and axis value, mean and std over seeds of the base accuracy, the new
+    accuracy (each the mean over tasks of the task's headline) and their harmonic mean (per run,
+    2 base new / (base + new), as the CoOp papers report it)."""
+    rows = results[(results.metric == kind.headline) & (results.task != "mean")]
+    per_run = rows.pivot_table(index=["method", kind.axis, "seed"], columns="classes", values="value",
+                               aggfunc="mean", sort=False).reset_index()
+    per_run["hm"] = 2 * per_run.base * per_run.new / (per_run.base + per_run.new)
+    stats = per_run.groupby(["method", kind.axis], sort=False)[["base", "new", "hm"]].agg(["mean", "std"])
+    return stats.fillna(0.0)
+
+
+def base2new_table(summary: pd.DataFrame, methods: list[str], axis: str = "shots") -> str:
+    """Markdown: a row per method and shot count, columns base, new and H, cells mean ± std."""
+    lines = [f"| method | {axis} | base | new | H |", "|---|---|---|---|---|"]
+    for method in methods:
+        for (m, value), row in summary.iterrows():
+            if m == method:
+                cells = [f"{row[(c, 'mean')]:.1f} ± {row[(c, 'std')]:.1f}" for c in ("base", "new", "hm")]
+                lines.append(f"| {method} | {value} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _seconds(runs: list[SweepRun], axis: str) -> pd.DataFrame:
+    """Each run's fitting seconds (`train_seconds` of its config.json): kept apart from results.csv,
+    which the same runs reproduce byte for byte."""
+    rows = [{"method": r.label, axis: r.value, "seed": r.seed,
+             "train_s": json.loads((r.dir / "config.json").read_text()).get("train_seconds")} for r in runs]
+    return pd.DataFrame(rows)
+
+
+def seconds_table(runs: pd.DataFrame, methods: list[str], axis: str = "shots") -> str:
+    """Markdown: each method's mean fitting seconds per run (over seeds), a column per axis value."""
+    seconds = runs.groupby(["method", axis])["train_s"].mean()
+    values = sorted(runs[axis].unique())
+    lines = ["| training s/run | " + " | ".join(_column(axis, v) for v in values) + " |",
+             "|---|" + "---|" * len(values)]
+    for method in methods:
+        cells = [f"{seconds[method, v]:.1f}" if (method, v) in seconds and pd.notna(seconds[method, v]) else ""
+                 for v in values]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _column(axis: str, value) -> str:

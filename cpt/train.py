@@ -31,7 +31,7 @@ from cpt.options import Options, option
 
 
 TASK_SAMPLING = ("proportional", "balanced")
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "onecycle")
 SELECTIONS = ("last", "val")
 PANEL = "Training"
@@ -42,10 +42,11 @@ class TrainConfig(Options):
     """Optimisation settings; defaults follow CoOp (SGD, cosine, one constant warm-up epoch)."""
 
     epochs: int | None = option(None, "Training epochs [default: the method's: CoOp by shots 50/100/200; 50 for "
-                                "softcpt, coop-shared, scpnet and multi-label tasks].", panel=PANEL, low=1)
+                                "softcpt, coop-shared, scpnet and multi-label tasks; kgcoop 100, tip-adapter-f 20, maple 5].", panel=PANEL, low=1)
     batch_size: int = option(32, "Training batch size.", panel=PANEL, low=1)
     optimizer: str = option("sgd", "sgd: SGD with --momentum (CoOp); adam: Adam, --weight-decay as an L2 term on "
-                            "weight matrices only, not on biases and norms (SCPNet's reference).", panel=PANEL,
+                            "weight matrices only, not on biases and norms (SCPNet's reference); adamw: AdamW, "
+                            "decoupled --weight-decay, eps 1e-4 (Tip-Adapter-F's reference).", panel=PANEL,
                             choices=OPTIMIZERS)
     lr: float = option(0.002, "Peak learning rate.", panel=PANEL, low=0, above=True)
     momentum: float = option(0.9, "SGD momentum (onecycle cycles it between 0.95 and 0.85, as torch's OneCycleLR).",
@@ -134,6 +135,8 @@ def make_optimizer(method: GradientMethod, cfg: TrainConfig) -> torch.optim.Opti
     groups = [{**g, "peak_lr": g["lr"]} for g in groups if g["params"]]
     if cfg.optimizer == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=1e-4)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
@@ -230,6 +233,7 @@ def train(
     with the full training state after every epoch. With `--select val`, `validate` scores
     the method's current weights on the validation split (higher is better).
     """
+    method.prepare(data)
     optimizer = make_optimizer(method, cfg)
     steps = math.ceil(sum(len(d.targets) for d in data) / cfg.batch_size)  # the same every epoch
     scheduler = one_cycle(optimizer, cfg, steps)

@@ -220,8 +220,8 @@ def test_bf16_coop_reports_its_own_predictions_and_follows_fp32(tiny_clip, colou
 def test_help_lists_methods_with_examples_and_bugs_exit_1(tiny_clip, colours, tmp_path, monkeypatch):
     help_text = runner.invoke(app, ["fit", "--help"], env={"COLUMNS": "300"})
     assert help_text.exit_code == 0
-    assert ("One of: zeroshot, linear-probe, coop, coop-shared, softcpt, scpnet, zeroshot-video, coop-video, clip4clip, "
-            "dgl, tempme.") in help_text.stdout
+    assert ("One of: zeroshot, linear-probe, lp++, tip-adapter, tip-adapter-f, coop, coop-shared, kgcoop, softcpt, scpnet, "
+            "zeroshot-video, coop-video, clip4clip, dgl, tempme, maple.") in help_text.stdout
     assert "Examples" in help_text.stdout
 
     def broken(*args, **kwargs):

@@ -74,7 +74,7 @@ def test_a_registered_method_is_listed_offered_and_run_with_its_option(echo, tin
     code, out, err = invoke(echo, "fit", "--help")
     assert code == 0, err
     assert re.search(r"--echo-scale\s+<float>\s+Throw-away test method: .*\[default: 3\.0\]", out)
-    assert re.search(rf"One of: [a-z0-9, -]*\b{NAME}\.", out)
+    assert re.search(rf"One of: [a-z0-9+, -]*\b{NAME}\.", out)
 
     run = tmp_path / "run"
     code, out, err = invoke(echo, "fit", "--method", NAME, "--echo-scale", "7.5", "--tasks", f"colours={colours}",
@@ -108,9 +108,10 @@ def test_methods_lists_every_registered_method():
     code, out, err = cli("methods", "--json")
     assert code == 0, err
     rows = json.loads(out)
-    assert [r["method"] for r in rows] == list(METHODS) == ["zeroshot", "linear-probe", "coop", "coop-shared", "softcpt",
+    assert [r["method"] for r in rows] == list(METHODS) == ["zeroshot", "linear-probe", "lp++", "tip-adapter",
+                                                             "tip-adapter-f", "coop", "coop-shared", "kgcoop", "softcpt",
                                                              "scpnet", "zeroshot-video", "coop-video", "clip4clip", "dgl",
-                                                             "tempme"]
+                                                             "tempme", "maple"]
     kinds = {r["method"]: r["kinds"] for r in rows}
     assert kinds["scpnet"] == ["multi-label"] and kinds["dgl"] == kinds["coop-video"] == ["retrieval"]
     assert all(r["summary"] for r in rows)

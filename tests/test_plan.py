@@ -64,9 +64,10 @@ def test_fit_help_lists_every_option_once_with_at_most_one_default():
     defaults = {name: texts[0].count("[default:") for name, texts in rows.items()}
     assert not [name for name, n in defaults.items() if n > 1], defaults
     # an option several methods declare shows each method's default once, in one place
-    assert "[default: 16; scpnet: 4; coop-video: 4]" in rows["--n-ctx"][0]
+    assert "[default: 16; kgcoop: 4; scpnet: 4; coop-video: 4; maple: 2]" in rows["--n-ctx"][0]
+    assert "[default: 0.002; tip-adapter-f: 0.001; maple: 0.0035]" in rows["--lr"][0]  # published recipes
     assert "[default: 0.125]" in rows["--lambda-u"][0]
-    methods = re.search(r"One of: ([a-z0-9, -]+)\.", rows["--method"][0]).group(1).split(", ")
+    methods = re.search(r"One of: ([a-z0-9+, -]+)\.", rows["--method"][0]).group(1).split(", ")
     assert methods == list(METHODS)
 
 
@@ -80,7 +81,7 @@ def test_each_option_is_declared_once_and_by_one_help_text():
     names = [s.name for s in fit_options()]
     assert len(names) == len(set(names))
     n_ctx = next(s for s in fit_options() if s.name == "n_ctx")
-    assert n_ctx.defaults["coop"] == 16 and n_ctx.defaults["scpnet"] == 4 and n_ctx.default_text() == "16; scpnet: 4; coop-video: 4"
+    assert n_ctx.defaults["coop"] == 16 and n_ctx.defaults["scpnet"] == 4 and n_ctx.default_text() == "16; kgcoop: 4; scpnet: 4; coop-video: 4; maple: 2"
 
 
 # --- values out of range: exit 2 naming the flag, nothing written ----------------------------------------
@@ -123,15 +124,16 @@ def test_multi_label_values_out_of_range_exit_2(tiny_clip, ml_folder, tmp_path, 
 
 # --- options that do not apply ----------------------------------------------------------------------------
 
+TRAINERS = ["tip-adapter-f", "coop", "coop-shared", "kgcoop", "softcpt", "scpnet", "coop-video", "clip4clip", "dgl", "tempme",
+            "maple"]
 NOT_APPLICABLE = [  # method, extra arguments, the flag, what the message says uses it
     ("coop", ["--lambda-u", "1"], "--lambda-u", ["scpnet"]),
-    ("zeroshot", ["--epochs", "3"], "--epochs", ["coop", "coop-shared", "softcpt", "scpnet", "coop-video", "clip4clip",
-                                                 "dgl", "tempme"]),
-    ("linear-probe", ["--lr", "0.1"], "--lr", ["coop", "coop-shared", "softcpt", "scpnet", "coop-video", "clip4clip",
-                                               "dgl", "tempme"]),
+    ("zeroshot", ["--epochs", "3"], "--epochs", TRAINERS),
+    ("linear-probe", ["--lr", "0.1"], "--lr", TRAINERS),
     ("coop", ["--merge", "tome"], "--merge", ["clip4clip", "dgl", "tempme"]),
     ("coop", ["--variant", "nats"], "--variant", ["softcpt"]),
-    ("zeroshot", ["--n-ctx", "4"], "--n-ctx", ["coop", "coop-shared", "softcpt", "scpnet", "coop-video"]),
+    ("zeroshot", ["--n-ctx", "4"], "--n-ctx", ["coop", "coop-shared", "kgcoop", "softcpt", "scpnet", "coop-video",
+                                               "maple"]),
     ("coop", ["--known-ratio", "0.5"], "--known-ratio", ["not for single-label tasks"]),
 ]
 

@@ -30,6 +30,14 @@ def test_sweep_gathers_and_reuses_runs(tiny_clip, colours, tmp_path):
     assert table[0] == "| method | 1 shot | 2 shots |" and table[2].startswith("| zeroshot |")
     coop = results[(results.method == "coop") & (results.shots == 2) & (results.metric == "accuracy")]["value"]
     assert f"{coop.mean():.1f} ± {coop.std():.1f}" in table[3]
+    # each run's fitting seconds: a trained run's are its epochs' (history.csv), tabulated per method and shots
+    seconds = pd.read_csv(tmp_path / "seconds.csv").set_index(["method", "shots", "seed"])["train_s"]
+    assert len(seconds) == 8 and (seconds >= 0).all()
+    epochs = [pd.read_csv(tmp_path / f"coop-2shot-seed{seed}" / "history.csv").time_s.sum() for seed in (1, 2)]
+    assert [seconds["coop", 2, seed] for seed in (1, 2)] == pytest.approx(epochs, abs=0.01)
+    timing = (tmp_path / "seconds.md").read_text().splitlines()
+    assert timing[0] == "| training s/run | 1 shot | 2 shots |" and timing[3].startswith("| coop |")
+    assert timing[3].endswith(f"| {sum(epochs) / 2:.1f} |")
     with Image.open(tmp_path / "accuracy_vs_shots.png") as im:
         assert im.format == "PNG"
 

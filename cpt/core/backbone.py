@@ -1,8 +1,10 @@
 """Backbones: turn `--backbone NAME|PATH` into a frozen CLIP model plus what identifies it.
 
-Every backbone, named or local, becomes `clip.model.CLIP` built from the checkpoint's state
+Every OpenAI backbone, named or local, becomes `clip.model.CLIP` built from the checkpoint's state
 dict (as `clip.load(jit=False)` does), read code-free unless the file is a TorchScript archive;
-geometry (widths, layers, context length, RN or ViT) is read from the loaded model, never assumed.
+`--backbone openclip:ARCH --pretrained TAG|FILE` becomes OpenCLIP's model with the same surface
+(cpt.core.openclip). Geometry (widths, layers, context length, RN or ViT) is read from the loaded
+model, never assumed.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import warnings
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import clip
 import clip.model
@@ -26,9 +29,13 @@ from torch import nn
 from cpt.errors import CptError
 from cpt.io import atomic_path, cache_root, short_reason
 
+if TYPE_CHECKING:
+    from cpt.core.openclip import OpenClipModel
+
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+PREFIX = "openclip:"  # --backbone openclip:ARCH names an OpenCLIP architecture
 
 
 @dataclass(frozen=True)
@@ -48,19 +55,21 @@ class Preprocess:
 class Backbone:
     """A loaded, frozen CLIP model and its identity."""
 
-    model: CLIP
-    spec: str  # what the user asked for: an OpenAI name or a path
-    checksum: str  # sha256 of the checkpoint file (and of the tuned image encoder, once fine-tuned)
+    model: CLIP | OpenClipModel
+    spec: str  # what the user asked for: an OpenAI name, a path, or openclip:ARCH
+    checksum: str  # sha256 of the checkpoint file (OpenCLIP: with the architecture; and of the tuned image encoder, once fine-tuned)
     device: torch.device
     precision: str
     preprocess: Preprocess
     frozen_checksum: str | None = None  # the checkpoint's, kept once the image encoder is fine-tuned
+    pretrained: str | None = None  # OpenCLIP's --pretrained: a tag or a checkpoint path
 
-    def mark_image_tuned(self) -> None:
+    def mark_image_tuned(self, encoder: nn.Module | None = None) -> None:
         """Re-key the backbone after its image encoder was trained (or loaded from a run that
-        trained it), so cached features of the frozen encoder are never served for it."""
+        trained it), so cached features of the frozen encoder are never served for it; `encoder`:
+        the method's image encoder when it is not `model.visual` (learned prompts inside it)."""
         digest = hashlib.sha256()
-        for name, tensor in sorted(self.model.visual.state_dict().items()):
+        for name, tensor in sorted((encoder if encoder is not None else self.model.visual).state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().float().cpu().numpy().tobytes())
         self.frozen_checksum = self.frozen_checksum or self.checksum
@@ -74,7 +83,7 @@ class Backbone:
     def geometry(self) -> dict:
         """The model's shape, read from the loaded weights."""
         m = self.model
-        vit = hasattr(m.visual, "transformer")
+        vision = "vit" if hasattr(m.visual, "transformer") else "resnet" if hasattr(m.visual, "layer1") else "timm"
         return {
             "embed_dim": m.text_projection.shape[1],
             "text_width": m.transformer.width,
@@ -82,14 +91,15 @@ class Backbone:
             "text_heads": m.transformer.resblocks[0].attn.num_heads,
             "context_length": m.context_length,
             "vocab_size": m.vocab_size,
-            "vision": "vit" if vit else "resnet",
-            "image_resolution": m.visual.input_resolution,
+            "vision": vision,
+            "image_resolution": self.preprocess.resolution,
         }
 
     def describe(self) -> dict:
-        """What config.json records about the backbone."""
+        """What config.json records about the backbone (`pretrained` for OpenCLIP only)."""
         return {
             "spec": self.spec,
+            **({"pretrained": self.pretrained} if self.pretrained else {}),
             "sha256": self.checksum,
             "device": str(self.device),
             "precision": self.precision,
@@ -142,6 +152,14 @@ def _unpack_builtin(name: str) -> Path:
     return target
 
 
+def download_error(what: str, where: Path, exc: BaseException, instead: str) -> CptError:
+    """The one-paragraph error for weights that could not be downloaded."""
+    return CptError(
+        f"Could not download {what}: no network ({exc}). cpt looks for its weights in {where}; copy the file "
+        f"there (or set --cache-dir), or {instead}."
+    )
+
+
 def _checkpoint_path(spec: str) -> tuple[str, str | None]:
     """Return (what clip.load should open, the known sha256 if the name carries one)."""
     if spec in BUILTIN:
@@ -155,7 +173,7 @@ def _checkpoint_path(spec: str) -> tuple[str, str | None]:
     raise CptError(
         f"--backbone {spec!r} is neither a known name nor an existing checkpoint file. "
         f"Names: {', '.join([*BUILTIN, *clip.available_models()])}; or pass --backbone PATH to a CLIP "
-        "checkpoint (OpenAI JIT archive or state dict)."
+        f"checkpoint (OpenAI JIT archive or state dict), or --backbone {PREFIX}ARCH --pretrained TAG|FILE for OpenCLIP."
     )
 
 
@@ -206,12 +224,30 @@ def read_clip(path: str | Path) -> CLIP:
     return clip.model.build_model(state)
 
 
+def _frozen(model: CLIP | OpenClipModel, device: torch.device) -> CLIP | OpenClipModel:
+    model = model.to(device).eval()
+    model.requires_grad_(False)
+    return model
+
+
 def load_backbone(
-    spec: str, device: str = "cpu", precision: str = "fp32", cache_dir: str | Path | None = None
+    spec: str, device: str = "cpu", precision: str = "fp32", cache_dir: str | Path | None = None,
+    pretrained: str | None = None,
 ) -> Backbone:
-    """Load a frozen CLIP model by OpenAI name (downloaded once into `cache_dir`) or from a file."""
+    """Load a frozen CLIP model by OpenAI name (downloaded once into `cache_dir`) or from a file;
+    or the OpenCLIP architecture `openclip:ARCH` with the weights `pretrained` (a tag or a file)."""
     if precision not in PRECISIONS:
         raise CptError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}.")
+    if spec.startswith(PREFIX):
+        from cpt.core.openclip import load_openclip  # open_clip is an optional extra: imported when asked for
+
+        dev = resolve_device(device)
+        model, sha, preprocess = load_openclip(spec.removeprefix(PREFIX), pretrained, precision,
+                                               str(cache_dir) if cache_dir else None)
+        return Backbone(_frozen(model, dev), spec, sha, dev, precision, preprocess, pretrained=pretrained)
+    if pretrained:
+        raise CptError(f"--pretrained {pretrained} is for OpenCLIP backbones (--backbone {PREFIX}ARCH); "
+                       f"--backbone {spec} names its weights itself.")
     cache = Path(cache_dir) if cache_dir else clip_cache_dir()
     target, known_sha = _checkpoint_path(spec)
     dev = resolve_device(device)
@@ -222,11 +258,8 @@ def load_backbone(
                 target = clip.clip._download(clip.clip._MODELS[spec], str(cache))
             model = read_clip(target)
     except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-        raise CptError(
-            f"Could not download CLIP {spec!r}: no network ({exc}). cpt looks for its weights in "
-            f"{cache / Path(clip.clip._MODELS[spec]).name}; copy the file there (or set "
-            "--cache-dir), or pass a local checkpoint with --backbone PATH."
-        ) from exc
+        raise download_error(f"CLIP {spec!r}", cache / Path(clip.clip._MODELS[spec]).name, exc,
+                             "pass a local checkpoint with --backbone PATH") from exc
     except Exception as exc:  # a corrupt file can fail in many ways (pickle, zip, shapes, missing keys)
         if isinstance(exc, pickle.UnpicklingError) and "weights only" in str(exc).lower():
             raise CptError(
@@ -239,8 +272,7 @@ def load_backbone(
             "Pass an OpenAI CLIP JIT archive or a state dict of clip.model.CLIP."
         ) from exc
     sha = known_sha or file_sha256(Path(target))
-    model = cast_weights(model.float(), PRECISIONS[precision]).to(dev).eval()
-    model.requires_grad_(False)
+    model = _frozen(cast_weights(model.float(), PRECISIONS[precision]), dev)
     return Backbone(
         model=model,
         spec=spec,

@@ -3,11 +3,15 @@
 CLIP's text transformer is causal and reads its output at the EOT position, so positions
 after the longest prompt's EOT never influence any feature. Running the blocks over
 `max(eot) + 1` positions instead of the full context (77) is exact and several times cheaper.
+
+`model` is `clip.model.CLIP` or cpt.core.openclip's `OpenClipModel`: the same blocks, except that
+OpenCLIP's attention is batch-first and may scale each residual branch (LayerScale, `ls_1`/`ls_2`).
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import clip
 import torch
@@ -16,6 +20,8 @@ from clip.model import CLIP
 from clip.simple_tokenizer import SimpleTokenizer
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
+
+DeepPrompts = Callable[[int, Tensor], Tensor]  # (block index, its input (n, L, width)) -> the input it reads
 
 
 @functools.cache
@@ -45,34 +51,51 @@ def causal_mask(length: int, device: torch.device, dtype: torch.dtype) -> Tensor
     return torch.full((length, length), float("-inf"), device=device, dtype=dtype).triu_(1)
 
 
+_UNSCALED = torch.nn.Identity()
+
+
+def _scaled(block: torch.nn.Module, name: str, x: Tensor) -> Tensor:
+    """A residual branch through the block's layer scale `name`, where it has one (OpenCLIP)."""
+    return getattr(block, name, _UNSCALED)(x)
+
+
 def _block(block: torch.nn.Module, x: Tensor, mask: Tensor) -> Tensor:
     h = block.ln_1(x)
-    x = x + block.attn(h, h, h, need_weights=False, attn_mask=mask)[0]
-    return x + block.mlp(block.ln_2(x))
+    x = x + _scaled(block, "ls_1", block.attn(h, h, h, need_weights=False, attn_mask=mask)[0])
+    return x + _scaled(block, "ls_2", block.mlp(block.ln_2(x)))
 
 
-def run_blocks(model: CLIP, x: Tensor, grad_checkpoint: bool = False) -> Tensor:
+def run_blocks(model: CLIP, x: Tensor, grad_checkpoint: bool = False, deep: DeepPrompts | None = None) -> Tensor:
     """The text transformer over x (n, L, width) with a causal mask of size L.
 
     `grad_checkpoint` recomputes each block's activations in the backward pass instead of
-    keeping them: less memory, about one more forward pass of time.
+    keeping them: less memory, about one more forward pass of time. `deep(i, x)` gives block i's
+    input from the previous block's output x (n, L, width): deep prompts replace positions in it.
     """
     mask = causal_mask(x.shape[1], x.device, x.dtype)
-    x = x.permute(1, 0, 2)  # (L, n, width): clip's blocks are sequence-first
-    for block in model.transformer.resblocks:
+    seq_first = not model.transformer.resblocks[0].attn.batch_first  # clip's blocks take (L, n, width)
+
+    def flip(t: Tensor) -> Tensor:  # to and from the blocks' layout
+        return t.permute(1, 0, 2) if seq_first else t
+
+    x = flip(x)
+    for i, block in enumerate(model.transformer.resblocks):
+        if deep is not None:
+            x = flip(deep(i, flip(x)))
         x = checkpoint(_block, block, x, mask, use_reentrant=False) if grad_checkpoint else _block(block, x, mask)
-    return x.permute(1, 0, 2)
+    return flip(x)
 
 
-def encode_embeddings(model: CLIP, x: Tensor, eot: Tensor, grad_checkpoint: bool = False) -> Tensor:
+def encode_embeddings(model: CLIP, x: Tensor, eot: Tensor, grad_checkpoint: bool = False,
+                      deep: DeepPrompts | None = None) -> Tensor:
     """Text features from token embeddings x (n, L, width) whose EOT sits at `eot` (n,).
 
     Only the first max(eot)+1 positions are computed. Returns (n, embed_dim), unnormalised,
-    exactly what `model.encode_text` returns for the same token embeddings.
+    exactly what `model.encode_text` returns for the same token embeddings (`deep`: see `run_blocks`).
     """
     length = int(eot.max()) + 1
     x = x[:, :length].to(model.dtype) + model.positional_embedding[:length].to(model.dtype)
-    x = model.ln_final(run_blocks(model, x, grad_checkpoint)).to(model.dtype)
+    x = model.ln_final(run_blocks(model, x, grad_checkpoint, deep)).to(model.dtype)
     rows = torch.arange(x.shape[0], device=x.device)
     return x[rows, eot.to(x.device)] @ model.text_projection  # (n, embed_dim)
 
@@ -107,9 +130,10 @@ def _shared_block(block: torch.nn.Module, xp: Tensor, xs: Tensor, mask_p: Tensor
     weights = torch.softmax(scores, dim=-1)  # (n, h, S, P + S)
     p_len = xp.shape[1]
     out_s = weights[..., :p_len] @ vp + weights[..., p_len:] @ vs  # (n, h, S, d)
-    xp = xp + attn.out_proj(out_p.transpose(1, 2).reshape(xp.shape))
-    xs = xs + attn.out_proj(out_s.transpose(1, 2).reshape(xs.shape))
-    return xp + block.mlp(block.ln_2(xp)), xs + block.mlp(block.ln_2(xs))
+    xp = xp + _scaled(block, "ls_1", attn.out_proj(out_p.transpose(1, 2).reshape(xp.shape)))
+    xs = xs + _scaled(block, "ls_1", attn.out_proj(out_s.transpose(1, 2).reshape(xs.shape)))
+    xp = xp + _scaled(block, "ls_2", block.mlp(block.ln_2(xp)))
+    return xp, xs + _scaled(block, "ls_2", block.mlp(block.ln_2(xs)))
 
 
 def encode_shared_prefix(model: CLIP, prefix: Tensor, suffix: Tensor, eot: Tensor, grad_checkpoint: bool = False) -> Tensor:

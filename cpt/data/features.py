@@ -21,6 +21,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -148,11 +149,14 @@ def image_views(source: Path | Image.Image, digest: str, pre: Preprocess, aug: A
 
 class EncodedViews:
     """The augmented views (or, without `aug`, the eval view) of images, encoded on demand by a
-    *trainable* image encoder (`--finetune-image`): indexed like a cached (n, views, dim) tensor,
-    with gradients."""
+    *trainable* image encoder (`--finetune-image`, or MaPLe's prompts in it): indexed like a cached
+    (n, views, dim) tensor, with gradients. `encoder`: the method's image encoder (default: the
+    backbone's)."""
 
-    def __init__(self, backbone: Backbone, paths: list[Path], aug: AugmentSpec | None) -> None:
+    def __init__(self, backbone: Backbone, paths: list[Path], aug: AugmentSpec | None,
+                 encoder: Callable[[Tensor], Tensor] | None = None) -> None:
         self.backbone = backbone
+        self.encode = encoder if encoder is not None else backbone.model.encode_image
         self.paths = list(paths)
         try:
             self.digests = [content_hash(p) for p in self.paths]
@@ -179,7 +183,7 @@ class EncodedViews:
             raise _changed(exc) from None
         pixels = torch.cat([image_views(image, self.digests[i], pre, self.aug, [v])
                             for image, i, v in zip(decoded, images.tolist(), views.tolist())])
-        return self.backbone.model.encode_image(pixels.to(self.backbone.device, self.backbone.dtype)).float()
+        return self.encode(pixels.to(self.backbone.device, self.backbone.dtype)).float()
 
 
 def _changed(exc: Unreadable) -> CptError:
@@ -191,11 +195,16 @@ def _changed(exc: Unreadable) -> CptError:
 
 
 class FeatureCache:
-    """Encode images with a frozen backbone, reading and writing the feature store (cpt.data.store)."""
+    """Encode images with a frozen backbone, reading and writing the feature store (cpt.data.store).
+
+    `encoder`: the method's image encoder when it is not the backbone's (MaPLe's prompts in it); its
+    features are stored under the backbone's checksum, which `Backbone.mark_image_tuned` re-keys for it.
+    """
 
     def __init__(self, backbone: Backbone, root: Path | None = None, batch_size: int = 64,
-                 shard_bytes: int = SHARD_BYTES) -> None:
+                 shard_bytes: int = SHARD_BYTES, encoder: Callable[[Tensor], Tensor] | None = None) -> None:
         self.backbone = backbone
+        self.encode = encoder if encoder is not None else backbone.model.encode_image
         self.root = Path(root) if root else cache_root()
         self.batch_size = batch_size
         self.shard_bytes = shard_bytes
@@ -224,7 +233,7 @@ class FeatureCache:
     def _encode(self, batch: list[Tensor]) -> list[np.ndarray]:
         sizes = [b.shape[0] for b in batch]
         x = torch.cat(batch).to(self.backbone.device, self.backbone.dtype)
-        feats = self.backbone.model.encode_image(x).float().cpu()
+        feats = self.encode(x).float().cpu()
         self.stats.encoded += len(batch)
         return [f.numpy() for f in feats.split(sizes)]
 

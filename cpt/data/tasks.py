@@ -11,6 +11,7 @@ never depends on the order in which tasks or classes are processed, nor on PYTHO
 from __future__ import annotations
 
 import logging
+import math
 import random
 import reprlib
 from dataclasses import dataclass
@@ -407,6 +408,26 @@ def _from_coop_json(task: str, file: Path, root: Path) -> tuple[list[str], dict[
                 f"to an image file ({', '.join(sorted(IMAGE_EXTENSIONS))}). {hint}"
             )
     return [_display(names[label]) for label in order], splits, skipped
+
+
+CLASS_HALVES = ("all", "base", "new")
+
+
+def class_half(task: Task, half: str) -> Task:
+    """The task on its base classes (the first half of its class order, rounded up, as CoOp's
+    base-to-new protocol splits them), its new ones (the rest), or all; labels renumbered."""
+    if half == "all":
+        return task
+    if len(task.classnames) < 4:
+        raise CptError(f"Task {task.name!r} has {len(task.classnames)} classes; base-to-new splits a task's classes "
+                       "in two halves and each half needs at least two to classify, so it needs at least four. Leave "
+                       "it out of a --classes base run.")
+    cut = math.ceil(len(task.classnames) / 2)
+    kept = range(cut) if half == "base" else range(cut, len(task.classnames))
+    renumber = {old: new for new, old in enumerate(kept)}
+    splits = {split: [Sample(s.path, renumber[s.label]) for s in samples if s.label in renumber]
+              for split, samples in task.splits.items()}
+    return Task(task.name, [task.classnames[c] for c in kept], splits, task.source, task.title)
 
 
 def few_shot(task: Task, shots: int, seed: int, check: Check = check_image) -> tuple[Task, list[Skipped]]:

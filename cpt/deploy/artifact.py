@@ -1,7 +1,7 @@
 """A trained run as a standalone classifier: one class-embedding matrix per task.
 
 After training the prompts are constant, so the text side collapses to `Classifier`s
-(weight, scale, bias) per task. An `Artifact` is those plus what is needed to use them:
+(weight, scale, bias, and Tip-Adapter's key-value cache) per task. An `Artifact` is those plus what is needed to use them:
 class and task names, the backbone's identity and the preprocessing. `cpt export` writes it,
 `cpt predict` reads it (or builds it from a run directory on the fly).
 """
@@ -9,10 +9,11 @@ class and task names, the backbone's identity and the preprocessing. `cpt export
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from cpt import __version__
 from cpt import run as R
@@ -20,6 +21,7 @@ from cpt.core.backbone import Backbone, load_backbone
 from cpt.errors import CptError
 from cpt.io import short_reason
 from cpt.methods import Classifier, Method, build_method
+from cpt.methods.base import KeyValueCache
 
 FORMAT = "cpt-classifier/2"
 
@@ -36,6 +38,7 @@ class Artifact:
     method: str
     kind: str = "single-label"  # the task kind: how logits decode (softmax top-k, or sigmoid threshold)
     image_tuned: bool = False  # trained its image encoder: only exports that carry the encoder hold it
+    image_encoder: nn.Module | None = None  # the run's image encoder when it is not the backbone's (MaPLe's prompts)
 
     def task_index(self, task: str | None) -> list[int]:
         """Indices of the tasks to use: the named one, or all."""
@@ -55,7 +58,8 @@ class Artifact:
             "backbone": self.backbone,
             "preprocess": self.preprocess,
             "tasks": [
-                {"name": name, "classnames": names, "weight": c.weight, "scale": c.scale, "bias": c.bias}
+                {"name": name, "classnames": names, "weight": c.weight, "scale": c.scale, "bias": c.bias,
+                 "cache": None if c.cache is None else asdict(c.cache)}
                 for name, names, c in zip(self.tasks, self.classnames, self.classifiers)
             ],
         }
@@ -69,7 +73,7 @@ class Artifact:
             return cls(
                 tasks=[t["name"] for t in d["tasks"]],
                 classnames=[list(t["classnames"]) for t in d["tasks"]],
-                classifiers=[Classifier(t["weight"], t["scale"], t["bias"]) for t in d["tasks"]],
+                classifiers=[Classifier(t["weight"], t["scale"], t["bias"], _cache(t.get("cache"))) for t in d["tasks"]],
                 backbone=dict(d["backbone"]),
                 preprocess=dict(d["preprocess"]),
                 method=d["method"],
@@ -79,17 +83,22 @@ class Artifact:
             raise CptError(f"This cpt classifier export is incomplete or damaged (missing or bad {exc}).") from exc
 
 
+def _cache(d: dict | None) -> KeyValueCache | None:
+    return None if d is None else KeyValueCache(d["keys"], d["values"], float(d["alpha"]), float(d["beta"]))
+
+
 def _artifact(backbone: Backbone, method: Method, tasks: list[str], kind: str, image_tuned: bool = False) -> Artifact:
     d = backbone.describe()
     return Artifact(
         tasks=tasks,
         classnames=method.classnames,
         classifiers=method.classifiers(),
-        backbone={k: d[k] for k in ("spec", "sha256", "precision", "geometry")},
+        backbone={k: d[k] for k in ("spec", "pretrained", "sha256", "precision", "geometry") if k in d},
         preprocess=d["preprocess"],
         method=method.name,
         kind=kind,
         image_tuned=image_tuned,
+        image_encoder=method.image_encoder(),
     )
 
 
@@ -145,6 +154,7 @@ def load(path: Path, device: str = "auto", clip_cache: str | None = None) -> tup
         artifact = Artifact.from_dict(payload)
     except CptError as exc:
         raise CptError(f"{path}: {exc}") from exc
-    backbone = load_backbone(artifact.backbone["spec"], device, artifact.backbone["precision"], clip_cache)
+    backbone = load_backbone(artifact.backbone["spec"], device, artifact.backbone["precision"], clip_cache,
+                             artifact.backbone.get("pretrained"))
     R.check_backbone(backbone, artifact.backbone["sha256"], f"the classifier {path}")
     return artifact, backbone

@@ -25,21 +25,35 @@ FORMATS = ("pt", "torchscript", "onnx", "npz", "csv")
 
 
 class ImageClassifier(nn.Module):
-    """Frozen image encoder + per-task linear heads on normalised features."""
+    """Frozen image encoder + per-task heads on normalised features: linear, plus the key-value
+    cache of the classifiers that have one (Tip-Adapter)."""
 
     def __init__(self, backbone: Backbone, artifact: Artifact, tasks: list[int]) -> None:
         super().__init__()
-        self.visual = backbone.model.visual.float()
+        encoder = artifact.image_encoder  # the run's own (MaPLe's prompts in it), else the backbone's
+        self.visual = (encoder if encoder is not None else backbone.model.visual).float()
+        self.cached: list[bool] = []
         for k, t in enumerate(tasks):
             c = artifact.classifiers[t]
             bias = c.bias if c.bias is not None else torch.zeros(len(c.weight))
             self.register_buffer(f"weight{k}", (c.scale * c.weight.float()).contiguous())
             self.register_buffer(f"bias{k}", bias.float())
-        self.n_heads = len(tasks)
+            self.cached.append(c.cache is not None)
+            if c.cache is not None:
+                self.register_buffer(f"keys{k}", c.cache.keys.float())
+                self.register_buffer(f"values{k}", c.cache.alpha * c.cache.values.float())
+                self.register_buffer(f"beta{k}", torch.tensor(c.cache.beta))
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         x = F.normalize(self.visual(images.float()), dim=-1)  # (batch, dim)
-        return tuple(x @ getattr(self, f"weight{k}").T + getattr(self, f"bias{k}") for k in range(self.n_heads))
+        return tuple(self._head(x, k) for k in range(len(self.cached)))
+
+    def _head(self, x: Tensor, k: int) -> Tensor:
+        out = x @ getattr(self, f"weight{k}").T + getattr(self, f"bias{k}")
+        if self.cached[k]:
+            affinity = x @ getattr(self, f"keys{k}").T
+            out = out + torch.exp(getattr(self, f"beta{k}") * (affinity - 1)) @ getattr(self, f"values{k}")
+        return out
 
 
 def metadata(artifact: Artifact, tasks: list[int]) -> dict:
@@ -63,9 +77,14 @@ def export(artifact: Artifact, backbone: Backbone, fmt: str, out: Path, task: st
         raise CptError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}.")
     tasks = artifact.task_index(task)
     if artifact.image_tuned and fmt in ("pt", "npz", "csv"):
-        raise CptError(f"This run fine-tuned its image encoder, which --format {fmt} does not carry (it holds the "
-                       "class embeddings only). Export --format torchscript or onnx, which include the tuned encoder, "
-                       "or predict with the run directory itself.")
+        raise CptError(f"This run trained its image encoder (or prompts inside it), which --format {fmt} does not "
+                       "carry (it holds the class embeddings only). Export --format torchscript or onnx, which include "
+                       "the tuned encoder, or predict with the run directory itself.")
+    cached = [artifact.tasks[t] for t in tasks if artifact.classifiers[t].cache is not None]
+    if cached and fmt in ("npz", "csv"):
+        raise CptError(f"This {artifact.method} classifier adds a key-value cache of few-shot image features to its "
+                       f"class embeddings (task {cached[0]!r}), which --format {fmt} does not carry. Export --format "
+                       "pt, torchscript or onnx, which hold the cache.")
     out = Path(out)
     if fmt == "pt":
         save_torch(out, artifact.to_dict())

@@ -73,7 +73,7 @@ def predict(artifact: Artifact, backbone: Backbone, images: list[Path], task: st
 def _predict(artifact: Artifact, backbone: Backbone, images: list[Path], tasks: list[int], top_k: int,
              threshold: float, batch: int, cache: FeatureCache | None) -> Iterator[Prediction]:
     decoder = kind(artifact.kind)
-    cache = cache or FeatureCache(backbone)
+    cache = cache or FeatureCache(backbone, encoder=artifact.image_encoder)
     for start in range(0, len(images), batch):
         chunk = images[start : start + batch]
         before = set(cache.stats.failed)

@@ -19,6 +19,7 @@ from cpt import run as R
 from cpt.console import log
 from cpt.core.backbone import Backbone, load_backbone
 from cpt.data.features import FeatureCache
+from cpt.data.tasks import CLASS_HALVES
 from cpt.errors import CptError
 from cpt.eval.metrics import TaskPredictions
 from cpt.eval.report import write_comparison_report
@@ -86,6 +87,8 @@ class EvalRequest:
     precision: str | None = None
     cache_dir: str | None = None
     clip_cache: str | None = None
+    classes: str | None = None  # base-to-new: the half of the run's tasks' classes to evaluate (base, new, all)
+    pretrained: str | None = None  # an OpenCLIP target's weights (a run records its own)
     seed: int = 1
 
 
@@ -109,10 +112,18 @@ def _target(req: EvalRequest) -> _Target:
     target = Path(req.target)
     overrides = {"template": req.templates} if req.templates else None
     if (target / R.CONFIG).exists():
-        config, backbone, method = R.load_run(target, req.device, req.precision, req.clip_cache, overrides)
+        if req.pretrained:
+            raise CptError(f"--pretrained is for evaluating an OpenCLIP backbone zero-shot; the run {target} "
+                           "records its own weights.")
+        config = R.read_config(target)
         task_kind, records = kind(config["kind"]), config["tasks"]
+        tasks = _other_classes(req, config) if req.classes else None
+        config, backbone, method = R.load_run(target, req.device, req.precision, req.clip_cache, overrides,
+                                              [t.classnames for t in tasks] if tasks else None)
         cache_dir = req.cache_dir or config["request"].get("cache_dir")
-        if req.data is None:
+        if tasks:
+            index = list(range(len(records)))
+        elif req.data is None:
             tasks, index = task_kind.restore(target, records), list(range(len(records)))
             if tasks is None:
                 raise CptError(f"The run {target} has no recorded splits; finish it with `cpt fit --resume {target}`.")
@@ -124,17 +135,29 @@ def _target(req: EvalRequest) -> _Target:
             i = names.index(chosen)
             tasks, index = [task_kind.external(req.data, chosen, req.seed, records[i]["classnames"])], [i]
         headline = {t["name"]: t.get("metric", "accuracy") for t in records}
-        info = {**details(config), "target": req.target, "data": req.data or "the run's test split"}
+        split = f"the test split of its {req.classes} classes" if req.classes else "the run's test split"
+        info = {**details(config), "target": req.target, "data": req.data or split}
         return _Target(task_kind, tasks, index, method, backbone, headline, info, cache_dir,
                        config["resolved"]["kind"])
     if req.data is None:
         raise CptError(f"{req.target} is not a run directory (no {R.CONFIG}). To evaluate a backbone zero-shot, "
                        "also pass --data FOLDER.")
-    backbone = load_backbone(req.target, req.device or "auto", req.precision or "fp32", req.clip_cache)
+    backbone = load_backbone(req.target, req.device or "auto", req.precision or "fp32", req.clip_cache, req.pretrained)
     tasks = [KINDS["single-label"].external(req.data, Path(req.data).stem or "data", req.seed, None)]
     method = build_method("zeroshot", backbone, [tasks[0].classnames], overrides or {})
     info = {"method": "zeroshot", "backbone": req.target, "data": req.data}
     return _Target(KINDS["single-label"], tasks, [0], method, backbone, None, info, req.cache_dir, {})
+
+
+def _other_classes(req: EvalRequest, config: dict) -> list[Task]:
+    """Base-to-new: the run's tasks on their `req.classes` half, test split only."""
+    if req.classes not in CLASS_HALVES:
+        raise CptError(f"--classes {req.classes!r} is not one of {', '.join(CLASS_HALVES)}.")
+    if config["kind"] != "single-label" or req.data is not None:
+        raise CptError("--classes evaluates a single-label run on a half of its tasks' classes; it takes no --data "
+                       f"(this run is {config['kind']}{', and --data was given' if req.data else ''}).")
+    single = KINDS["single-label"]
+    return [single.other_classes(record, req.classes, config["request"]["seed"]) for record in config["tasks"]]
 
 
 def evaluate_target(req: EvalRequest) -> tuple[Path, pd.DataFrame]:
@@ -145,14 +168,14 @@ def evaluate_target(req: EvalRequest) -> tuple[Path, pd.DataFrame]:
     """
     dist.check_device(req.device or "auto")
     t = dist.rank0_first(lambda: _target(req))
-    out = Path(req.out) if req.out else (Path(req.target) if req.data is None else _default_out(req))
+    out = Path(req.out) if req.out else _default_out(req)
     if t.kind.name == "retrieval":  # videos and captions: rank 0 scores them (the frames are cached)
         if not dist.is_main():
             return out, pd.DataFrame()
         cache = retrieval.clip_source(t.backbone, build(t.kind.Options, t.kind_options), t.cache_dir)
         scored = retrieval.score(t.tasks, t.method, cache)
     else:
-        cache = FeatureCache(t.backbone, Path(t.cache_dir) if t.cache_dir else None)
+        cache = FeatureCache(t.backbone, Path(t.cache_dir) if t.cache_dir else None, encoder=t.method.image_encoder())
         features = split_features(t.tasks, cache)
         if not dist.is_main():
             return out, pd.DataFrame()
@@ -205,6 +228,11 @@ def evaluate_targets(targets: list[str], req: EvalRequest) -> tuple[Path, pd.Dat
 
 
 def _default_out(req: EvalRequest) -> Path:
+    """The run itself; RUN/classes-HALF with --classes; RUN/eval-DATA with --data (runs/eval-... for a backbone)."""
+    if req.classes:
+        return Path(req.target) / f"classes-{req.classes}"
+    if req.data is None:
+        return Path(req.target)
     stem = Path(req.data or "data").stem
     if (Path(req.target) / R.CONFIG).exists():
         return Path(req.target) / f"eval-{stem}"

@@ -29,6 +29,9 @@ PANEL = "Single-label data"
 @dataclass
 class SingleLabelOptions(Options):
     shots: int = option(16, "Training images per class (0 = all).", panel=PANEL, low=0)
+    classes: str = option("all", "Which of each task's classes: all; base, the first half of its class order "
+                          "(rounded up), or new, the rest (the base-to-new protocol: train on base, then `cpt eval "
+                          "RUN --classes new`).", panel=PANEL, choices=D.CLASS_HALVES)
 
 
 class SingleLabel(TaskKind):
@@ -44,14 +47,29 @@ class SingleLabel(TaskKind):
         tasks, skipped = [], []
         for spec in specs:
             task, skip = D.load_spec(spec, seed)
-            task, skip2 = D.few_shot(task, opts.shots, seed)
+            task, skip2 = D.few_shot(D.class_half(task, opts.classes), opts.shots, seed)
             tasks.append(task)
             skipped += skip + skip2
         return tasks, skipped
 
     def record(self, task: D.Task, spec: TaskSpec | None, opts: SingleLabelOptions, seed: int) -> dict:
-        return {"name": task.name, "title": task.title, "source": task.source, "classnames": task.classnames,
-                "metric": spec.metric if spec else "accuracy"}
+        record = {"name": task.name, "title": task.title, "source": task.source, "classnames": task.classnames,
+                  "metric": spec.metric if spec else "accuracy"}
+        if opts.classes != "all" and spec is not None:  # what `cpt eval --classes` reloads the other half from
+            record["spec"] = {"name": spec.name, "path": spec.path, "classnames": spec.classnames}
+        return record
+
+    def other_classes(self, record: dict, half: str, seed: int) -> D.Task:
+        """The test split of a base-to-new run's task on its classes `half` (`cpt eval --classes`)."""
+        if "spec" not in record:
+            raise CptError(f"Task {record['name']!r} of this run was trained on all its classes (--classes all); "
+                           "--classes evaluates the other half of a run trained with --classes base.")
+        task, skipped = D.load_spec(TaskSpec(**record["spec"]), seed)
+        for s in skipped:
+            D.log.warning("skipped %s: %s", s.path, s.reason)
+        task = D.class_half(task, half)
+        return D.Task(task.name, task.classnames, {"train": [], "val": [], "test": task.splits["test"]},
+                      task.source, task.title)
 
     def save(self, run: Path, tasks: list[D.Task], failed: dict[str, str]) -> None:
         kept = [D.Task(t.name, t.classnames, {k: [s for s in v if str(s.path) not in failed] for k, v in t.splits.items()},

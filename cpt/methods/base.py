@@ -23,17 +23,38 @@ if TYPE_CHECKING:
 
 
 @dataclass
+class KeyValueCache:
+    """Tip-Adapter's cache model: few-shot image features (keys) and their one-hot labels (values).
+
+    Its logits: alpha * exp(-beta * (1 - x @ keys.T)) @ values, for normalised features x.
+    """
+
+    keys: Tensor  # (n_cache, dim)
+    values: Tensor  # (n_cache, n_cls)
+    alpha: float  # residual ratio: weight of the cache's logits against the text classifier's
+    beta: float  # sharpness of the affinity
+
+    def logits(self, x: Tensor) -> Tensor:
+        """(n, dim) normalised features -> (n, n_cls) cache logits."""
+        affinity = x @ self.keys.float().T
+        return self.alpha * torch.exp(-self.beta * (1 - affinity)) @ self.values.float()
+
+
+@dataclass
 class Classifier:
-    """A frozen linear head on L2-normalised image features."""
+    """A frozen head on L2-normalised image features: linear, plus a key-value cache (Tip-Adapter)."""
 
     weight: Tensor  # (n_cls, dim)
     scale: float
     bias: Tensor | None = None  # (n_cls,)
+    cache: KeyValueCache | None = None
 
     def logits(self, features: Tensor) -> Tensor:
         """(n, dim) image features -> (n, n_cls) logits."""
         x = F.normalize(features.float(), dim=-1)
         out = self.scale * x @ self.weight.float().T
+        if self.cache is not None:
+            out = out + self.cache.logits(x)
         return out if self.bias is None else out + self.bias.float()
 
 
@@ -88,6 +109,7 @@ class Method(ABC):
     image_features: ClassVar[str] = "cached"  # how it gets image features (`cpt methods` says)
     excludes: ClassVar[dict[str, str]] = {}  # options its configs declare but it refuses: name -> why
     presets: ClassVar[dict[str, Preset]] = {}  # published recipes, by name (`--preset`)
+    defaults: ClassVar[dict[str, Any]] = {}  # its published training options where they are not cpt's, by name
 
     @classmethod
     def check(cls, cfg: Any, kind: str, settings: dict[str, Any]) -> None:
@@ -102,6 +124,17 @@ class Method(ABC):
     def tunes_image(self) -> bool:
         """Whether training changes the image encoder (then views are encoded every step, not cached)."""
         return False
+
+    @classmethod
+    def transfers(cls, cfg: Any) -> bool:
+        """Whether what it learns under `cfg` applies to classes it never saw (base-to-new): no per-class weights."""
+        return False
+
+    def image_encoder(self) -> torch.nn.Module | None:
+        """The module from preprocessed pixels (n, 3, H, W) to image features when the method's is not
+        the backbone's `model.visual` (MaPLe's prompts inside it): training, evaluation, export and
+        prediction encode with it. None: the backbone's."""
+        return None
 
     def augmentations(self, views: ViewOptions) -> dict[str, AugmentSpec]:
         """The augmented training views it trains on, by name ("views", "strong")."""
@@ -142,6 +175,12 @@ class GradientMethod(Method, torch.nn.Module):
     def __init__(self, backbone: Backbone, classnames: list[list[str]], cfg: Any, titles: list[str] | None = None) -> None:
         torch.nn.Module.__init__(self)
         Method.__init__(self, backbone, classnames, cfg, titles)
+
+    def prepare(self, data: list[TaskData]) -> None:
+        """Set up what the training data decides (Tip-Adapter-F's cache), before the optimiser is built."""
+
+    def finish(self, data: list[TaskData]) -> None:
+        """After the last epoch: choose what is chosen on validation (Tip-Adapter-F's alpha and beta)."""
 
     def param_groups(self, lr: float) -> list[dict]:
         """Optimiser groups of the trainable tensors, each with its peak rate `lr` (`lr`: --lr)."""

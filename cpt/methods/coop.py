@@ -63,7 +63,6 @@ class CoOp(PromptMethod):
     ))
 
     @classmethod
-    @classmethod
     def default_epochs(cls, shots: int | None, kind: str) -> int:
         return coop_epochs(shots) if kind == "single-label" and not cls.shared else 50
 
@@ -74,6 +73,10 @@ class CoOp(PromptMethod):
         self.prompts = nn.ModuleList(ClassPrompts(backbone.model, names, cfg) for names in classnames)
         owners = self.prompts[:1] if self.shared else self.prompts
         self.ctx = nn.ParameterList(nn.Parameter(init_context(p, cfg, generator).float()) for p in owners)
+
+    @classmethod
+    def transfers(cls, cfg: CoOpConfig) -> bool:
+        return not cfg.class_specific
 
     def class_weights(self, task: int, classes: Tensor | None = None) -> Tensor:
         ctx = self.ctx[0 if self.shared else task]

@@ -88,6 +88,10 @@ class SoftCPT(PromptMethod):
         self.meta = nn.Parameter(meta.to(model.positional_embedding.device))
         self.prompts = nn.ModuleList(ClassPrompts(model, names, PromptConfig(n_ctx=cfg.n_ctx)) for names in classnames)
 
+    @classmethod
+    def transfers(cls, cfg: SoftCPTConfig) -> bool:
+        return cfg.variant[:2] != "cs"  # cs variants learn a context per class
+
     def task_features(self) -> Tensor:
         """(n_tasks, dim) features of the task prompts."""
         return self.task_prompts.encode(self.backbone.model, self.task_ctx).float()

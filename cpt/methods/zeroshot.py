@@ -28,6 +28,10 @@ class ZeroShot(Method):
     Config = ZeroShotConfig
     summary = "Zero-shot CLIP from prompt templates (Radford et al., ICML 2021)."
 
+    @classmethod
+    def transfers(cls, cfg: ZeroShotConfig) -> bool:
+        return True
+
     def classifiers(self) -> list[Classifier]:
         return [
             Classifier(template_embeddings(self.backbone, names, self.cfg.template), self.logit_scale())

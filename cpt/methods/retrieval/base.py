@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cpt import dist
-from cpt.core.backbone import Backbone
+from cpt.core.backbone import PREFIX, Backbone
 from cpt.errors import CptError
 from cpt.methods.base import GradientMethod, TaskData
 
@@ -24,7 +24,11 @@ VIDEO_INPUTS = ("features", "pixels")
 
 
 def require_vit(backbone: Backbone, need: str) -> None:
-    """Refuse a ResNet CLIP for a method whose video side works on the image transformer's tokens."""
+    """Refuse a ResNet CLIP, or an OpenCLIP model (its image transformer is built otherwise: batch-first
+    blocks, layer scales, other pooling), for a method whose video side rewrites OpenAI's ViT internals."""
+    if backbone.spec.startswith(PREFIX):
+        raise CptError(f"{need}, as OpenAI's CLIP builds it; {backbone.spec} is an OpenCLIP model, whose image "
+                       "transformer differs. Use an OpenAI CLIP (--backbone ViT-B/32, ...) for this method.")
     if not hasattr(backbone.model.visual, "transformer"):
         raise CptError(f"{need}; this backbone is a ResNet.")
 
