@@ -44,7 +44,7 @@ from cpt.fit import fit
 from cpt.plan import FitRequest, applicable, axis_stem, option_classes, plan, task_kind
 from cpt.io import write_csv, write_json, write_text
 from cpt.kinds import KINDS, TaskKind
-from cpt.methods import method_class
+from cpt.methods import METHODS, method_class
 from cpt.options import declared, flag
 
 SPEC = "sweep.json"  # the sweep's options, its kind and its run list
@@ -55,8 +55,11 @@ SHARDS = "shards"  # OUT/shards/I-of-N.json: each shard's runs and how far it go
 
 def parse_method(label: str, kind: TaskKind) -> tuple[str, dict[str, bool]]:
     """`scpnet+no-prior+no-gcn` -> ("scpnet", {"no_prior": True, "no_gcn": True}): the method's
-    boolean options (from its declarations) on tasks of `kind`."""
-    method, *flags = label.split("+")
+    boolean options (from its declarations) on tasks of `kind`; a method named with a + (lp++) is
+    read whole."""
+    named = [m for m in METHODS if label == m or label.startswith(m + "+")]
+    method = max(named, key=len) if named else label.split("+")[0]
+    flags = [f for f in label[len(method):].split("+") if f]
     cls = method_class(method)
     accepted = applicable(cls, kind)
     switches = {f.name for c in option_classes(cls, kind) for f in declared(c)

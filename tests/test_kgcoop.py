@@ -167,6 +167,26 @@ def test_cli_fit_writes_the_usual_run_and_methods_cites_the_paper(tiny_clip, col
     assert [p["name"] for p in json.loads(out)["presets"]] == ["kgcoop-paper"]
 
 
+def test_export_and_predict_give_evals_logits(tiny_clip, colours, tmp_path):
+    run = tmp_path / "run"
+    fit_json("--method", "kgcoop", "--tasks", f"colours={colours}", "--backbone", tiny_clip, "--shots", "2",
+             "--epochs", "2", "--lr", "0.05", "--out", run)
+    code, _, err = cli("export", run, "--format", "pt", "--out", tmp_path / "k.pt", "--quiet")
+    assert code == 0, err
+
+    def predict(source) -> dict[str, dict]:
+        code, out, err = cli("predict", source, colours / "test", "--top-k", "4", "--jsonl", "--quiet")
+        assert code == 0, err
+        return {r["path"]: r for r in map(json.loads, out.splitlines())}
+
+    from_run, exported = predict(run), predict(tmp_path / "k.pt")
+    evaluated = pd.read_csv(run / "predictions.csv")
+    assert len(from_run) == len(evaluated) > 0
+    for row in evaluated.itertuples():
+        assert from_run[row.path]["classes"][0] == row.prediction and abs(from_run[row.path]["scores"][0] - row.score) < 1e-4
+        np.testing.assert_allclose(exported[row.path]["logits"], from_run[row.path]["logits"], atol=1e-4)
+
+
 def test_default_epochs_are_the_authors_100_at_every_shot_count():
     method = method_class("kgcoop")
     assert [method.default_epochs(k, "single-label") for k in (1, 4, 16, None)] == [100] * 4

@@ -141,6 +141,42 @@ def test_fit_and_torchscript_export(tiny_openclip, colours, tmp_path):
     heads = traced.weight0
     assert torch.allclose(logits, ref @ heads.T + traced.bias0, atol=1e-4)
 
+    # eval reloads the run through its recorded weights; a .pt export predicts the run's logits
+    code, out, err = cli("eval", run, "--json", "--quiet")
+    assert code == 0, err
+    assert json.loads(out)["metrics"] == summary["metrics"]
+    code, _, err = cli("export", run, "--format", "pt", "--out", tmp_path / "model.pt", "--quiet")
+    assert code == 0, err
+    runs, exported = (cli("predict", source, colours / "test", "--jsonl", "--quiet") for source in (run, tmp_path / "model.pt"))
+    assert runs[0] == exported[0] == 0, runs[2] + exported[2]
+    pairs = zip(map(json.loads, runs[1].splitlines()), map(json.loads, exported[1].splitlines()), strict=True)
+    for a, b in pairs:
+        assert a["path"] == b["path"] and torch.allclose(torch.tensor(a["logits"]), torch.tensor(b["logits"]), atol=1e-4)
+
+
+def test_eval_prior_and_sweep_take_pretrained(tiny_openclip, colours, tmp_path):
+    backbone = ["--backbone", f"openclip:{ARCH}", "--pretrained", tiny_openclip]
+    code, out, err = cli("eval", f"openclip:{ARCH}", "--pretrained", tiny_openclip, "--data", colours / "test",
+                         "--json", "--quiet")  # a backbone zero-shot
+    assert code == 0, err
+    zero_shot = fit_json("--method", "zeroshot", "--tasks", f"colours={colours}", *backbone, "--out", tmp_path / "zs")
+    accuracy = {m["metric"]: m["value"] for m in json.loads(out)["metrics"]}["accuracy"]
+    assert accuracy == next(m["value"] for m in zero_shot["metrics"] if m["metric"] == "accuracy")
+    code, _, err = cli("eval", tmp_path / "zs", "--pretrained", tiny_openclip)
+    assert code == 2 and "records its own weights" in err
+
+    names = tmp_path / "classes.txt"
+    names.write_text("\n".join(NAMES))
+    code, out, err = cli("prior", *backbone, "--classes", names, "--json", "--quiet")
+    assert code == 0, err
+    assert len(json.loads(out)["similarity"]) == len(NAMES)
+
+    code, _, err = cli("sweep", "--tasks", f"colours={colours}", *backbone, "--methods", "zeroshot", "--shots", "1",
+                       "--seeds", "1", "--out", tmp_path / "sweep", "--quiet")
+    assert code == 0, err
+    config = json.loads((tmp_path / "sweep" / "zeroshot-1shot-seed1" / "config.json").read_text())
+    assert config["backbone"]["pretrained"] == str(tiny_openclip)
+
 
 def test_bad_backbones_exit_2_with_the_reason(tiny_openclip, colours, tmp_path):
     common = ["fit", "--method", "coop", "--tasks", f"colours={colours}", "--shots", "2", "--epochs", "1"]
@@ -194,7 +230,22 @@ def test_custom_text_and_other_tokenizers_are_refused(tiny_openclip, tmp_path):
     name = register(tmp_path, "cpt-test-whitespace", variant(tokenizer_kwargs={"clean": "whitespace"}))
     with pytest.raises(CptError, match="not OpenAI's CLIP BPE"):
         check_tokenizer(name)
+    hf = register(tmp_path, "cpt-test-hf", variant(hf_tokenizer_name="some/hub-tokenizer"))
+    with pytest.raises(CptError, match="Hugging Face tokenizer some/hub-tokenizer"):  # refused without transformers
+        check_tokenizer(hf)
     check_tokenizer(ARCH)  # the CLIP BPE with CLIP's cleaning passes
+
+
+def test_bench_times_openclip_against_its_own_full_context_encoder(tiny_openclip):
+    code, out, err = cli("bench", "--geometry", f"openclip:{ARCH}", "--classes", "3,20", "--repeats", "1", "--n-ctx",
+                         "4", "--json", "--quiet")
+    assert code == 0, err
+    rows = json.loads(out)["rows"]
+    assert [(r["classes"], r["path"]) for r in rows] == [(3, "naive"), (3, "optimised"), (20, "naive"), (20, "optimised")]
+    # the optimised path (truncated, shared-prefix encoding) scores as open_clip's transformer over 77 tokens
+    assert all(r["max_logit_diff"] < 1e-4 and r["step_ms"] > 0 for r in rows)
+    code, _, err = cli("bench", "--geometry", "openclip:ViT-B-33", "--classes", "3", "--quiet")
+    assert code == 2 and "no architecture 'ViT-B-33'" in err
 
 
 def test_video_methods_that_rewrite_the_vit_refuse_openclip(tiny_openclip):

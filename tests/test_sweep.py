@@ -73,6 +73,7 @@ def test_known_ratio_sweep_with_ablations(tiny_clip, tmp_path):
 def test_sweep_labels_take_the_methods_declared_switches():
     single, multi = KINDS["single-label"], KINDS["multi-label"]
     assert parse_method("coop+class-specific", single) == ("coop", {"class_specific": True})
+    assert parse_method("lp++", single) == ("lp++", {})  # a name with a + is not a switch
     assert parse_method("scpnet+no-prior+no-gcn", multi) == ("scpnet", {"no_prior": True, "no_gcn": True})
     assert parse_method("scpnet+single-positive", multi) == ("scpnet", {"single_positive": True})  # a kind's switch
     with pytest.raises(CptError) as info:

@@ -19,16 +19,19 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 from clip.model import CLIP
 
 from cpt import dist
-from cpt.core.backbone import cast_weights, load_backbone, resolve_device
+from cpt.core.backbone import PREFIX, cast_weights, input_resolution, load_backbone, resolve_device
 from cpt.errors import CptError
 from cpt.core.prompt import ClassPrompts, PromptConfig, init_context
+
+if TYPE_CHECKING:
+    from cpt.core.openclip import OpenClipModel
 
 _TEXT = dict(context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8, transformer_layers=12)
 GEOMETRIES: dict[str, dict | None] = {
@@ -62,7 +65,12 @@ def class_names(n: int) -> list[str]:
     return [f"{WORDS[i % 12]} {NOUNS[(i // 12) % 12]}" + (f" {i // 144}" if i >= 144 else "") for i in range(n)]
 
 
-def build_model(geometry: str, device: torch.device, precision: str) -> CLIP:
+def build_model(geometry: str, device: torch.device, precision: str) -> CLIP | OpenClipModel:
+    """The model of a geometry: CLIP's (random weights), the shipped toy CLIP, or openclip:ARCH (random weights)."""
+    if geometry.startswith(PREFIX):
+        from cpt.core.openclip import random_openclip  # open_clip is an optional extra
+
+        return random_openclip(geometry.removeprefix(PREFIX), precision).to(device).eval().requires_grad_(False)
     if geometry not in GEOMETRIES:
         raise CptError(f"--geometry {geometry!r} is not one of {', '.join(GEOMETRIES)}.")
     if GEOMETRIES[geometry] is None:
@@ -114,7 +122,10 @@ def _naive_logits(model: CLIP, prompts: ClassPrompts, ctx: torch.Tensor, images:
                       device=prompts.base.device)
     emb[:, : prompts.base.shape[1]] = prompts.fill(ctx)  # the full 77-token context
     x = emb.to(model.dtype) + model.positional_embedding.to(model.dtype)
-    x = model.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)
+    if model.transformer.resblocks[0].attn.batch_first:  # OpenCLIP: batch-first blocks, the mask passed in
+        x = model.transformer(x, attn_mask=model.attn_mask)
+    else:
+        x = model.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)
     text = model.ln_final(x).to(model.dtype)[torch.arange(prompts.n_cls), prompts.eot] @ model.text_projection
     return model.logit_scale.exp() * F.normalize(feats.float(), dim=-1) @ F.normalize(text.float(), dim=-1).T
 
@@ -129,7 +140,7 @@ def bench_one(geometry: str, n_classes: int, device: torch.device, precision: st
     """Time both paths on one model and class count."""
     model = build_model(geometry, device, precision)
     prompts = ClassPrompts(model, class_names(n_classes), PromptConfig(n_ctx=n_ctx))
-    res = model.visual.input_resolution
+    res = input_resolution(model)
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, res, res, generator=gen).to(device, model.dtype)
     labels = torch.randint(0, n_classes, (batch,), generator=gen).to(device)
@@ -193,7 +204,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 def check_bench(geometries: list[str], classes: list[int], repeats: int, precision: str = "fp32",
                 n_ctx: int = 1) -> None:
     """Refuse a bench that would crash half-way or time nothing, before any model is built."""
-    unknown = [g for g in geometries if g not in GEOMETRIES]
+    unknown = [g for g in geometries if g not in GEOMETRIES and not g.startswith(PREFIX)]
     if not geometries or unknown:
         raise CptError(f"--geometry {unknown[0] if unknown else ''!r} is not one of {', '.join(GEOMETRIES)}.")
     if not classes or min(classes) < 1:

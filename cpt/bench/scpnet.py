@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cpt.core.backbone import Backbone, Preprocess, resolve_device
+from cpt.core.backbone import Backbone, Preprocess, input_resolution, resolve_device
 from cpt.bench.prompt import build_model, check_bench, class_names, time_steps
 from cpt.data.features import AugmentSpec, FeatureCache
 from cpt.data.store import INDEX, ROWS
@@ -48,7 +48,7 @@ class StepRow:
 
 def _backbone(geometry: str, device: torch.device) -> Backbone:
     model = build_model(geometry, device, "fp32")
-    return Backbone(model, geometry, f"bench-{geometry}", device, "fp32", Preprocess(model.visual.input_resolution))
+    return Backbone(model, geometry, f"bench-{geometry}", device, "fp32", Preprocess(input_resolution(model)))
 
 
 def _folder_bytes(folder: Path) -> int:

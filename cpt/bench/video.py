@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from cpt.bench.prompt import GEOMETRIES, build_model, time_calls, time_steps
-from cpt.core.backbone import Backbone, Preprocess, resolve_device
+from cpt.core.backbone import Backbone, Preprocess, input_resolution, resolve_device
 from cpt.core.text import tokenize
 from cpt.data.video import FrameCache, FrameSampling, write_video
 from cpt.errors import CptError
@@ -54,7 +54,7 @@ class DecodeRow:
 
 def backbone_of(geometry: str, device: torch.device) -> Backbone:
     model = build_model(geometry, device, "fp32")
-    return Backbone(model, geometry, f"bench-{geometry}", device, "fp32", Preprocess(model.visual.input_resolution))
+    return Backbone(model, geometry, f"bench-{geometry}", device, "fp32", Preprocess(input_resolution(model)))
 
 
 def _captions(n: int) -> list[str]:

@@ -152,6 +152,15 @@ def _unpack_builtin(name: str) -> Path:
     return target
 
 
+def input_resolution(model: CLIP | OpenClipModel) -> int:
+    """The image side length the model's image encoder takes (clip: input_resolution; OpenCLIP: image_size)."""
+    visual = model.visual
+    if hasattr(visual, "input_resolution"):
+        return visual.input_resolution
+    size = visual.image_size
+    return int(size if isinstance(size, int) else size[0])
+
+
 def download_error(what: str, where: Path, exc: BaseException, instead: str) -> CptError:
     """The one-paragraph error for weights that could not be downloaded."""
     return CptError(
@@ -279,5 +288,5 @@ def load_backbone(
         checksum=sha,
         device=dev,
         precision=precision,
-        preprocess=Preprocess(resolution=model.visual.input_resolution),
+        preprocess=Preprocess(resolution=input_resolution(model)),
     )

@@ -103,14 +103,40 @@ def check_tokenizer(arch: str) -> None:
     """Refuse a model whose tokenizer is not OpenAI's BPE with its cleaning: cpt builds prompts from
     those ids (cpt.core.text), and another vocabulary would give the model words it never saw."""
     open_clip = _open_clip()
+    hf_name = (open_clip.get_model_config(arch) or {}).get("text_cfg", {}).get("hf_tokenizer_name")
+    if hf_name:  # checked before building it: that needs the transformers package, which cpt does not
+        _refuse_tokenizer(arch, f"the Hugging Face tokenizer {hf_name}")
     tok = open_clip.get_tokenizer(arch)
     same = (type(tok) is open_clip.tokenizer.SimpleTokenizer and tok.clean_fn is open_clip.tokenizer.get_clean_fn("lower")
             and tok.reduction_fn is None and tok.vocab_size == len(tokenizer().encoder)
             and (tok.sot_token_id, tok.eot_token_id) == special_ids())
     if not same:
-        raise CptError(f"OpenCLIP {arch} tokenizes with {type(tok).__name__}, not OpenAI's CLIP BPE (same vocabulary "
-                       "and text cleaning), which cpt's prompts are built from. Choose a model with the CLIP "
-                       "tokenizer (the ViT-*, RN*, convnext_* and EVA* families).")
+        _refuse_tokenizer(arch, type(tok).__name__)
+
+
+def _refuse_tokenizer(arch: str, what: str) -> None:
+    raise CptError(f"OpenCLIP {arch} tokenizes with {what}, not OpenAI's CLIP BPE (same vocabulary and text "
+                   "cleaning), which cpt's prompts are built from. Choose a model with the CLIP tokenizer (the "
+                   "ViT-*, RN*, convnext_* and EVA* families).")
+
+
+def check_architecture(arch: str, option: str = "--backbone") -> None:
+    """Refuse an architecture open_clip does not know (naming the close ones) or whose tokenizer is not CLIP's."""
+    known = _open_clip().list_models()
+    if arch not in known:
+        near = difflib.get_close_matches(arch, known, n=5)
+        raise CptError(f"{option} {PREFIX}{arch}: open_clip has no architecture {arch!r}"
+                       f"{' (close: ' + ', '.join(near) + ')' if near else ''}. `python -c \"import open_clip; "
+                       "print(open_clip.list_models())\"` lists them.")
+    check_tokenizer(arch)
+
+
+def random_openclip(arch: str, precision: str) -> OpenClipModel:
+    """OpenCLIP `arch` with random weights (what `cpt bench` times): checked as a loaded one is."""
+    check_architecture(arch, "--geometry")
+    model = _open_clip().create_model(arch, precision=precision)
+    check_text_tower(model, arch)
+    return OpenClipModel(model)
 
 
 def _weights(arch: str, pretrained: str | None, cache_dir: str | None) -> Path:
@@ -156,13 +182,7 @@ def load_openclip(arch: str, pretrained: str | None, precision: str,
     conversion does), its checksum and its preprocessing. The checksum hashes the architecture with
     the file, so one file read as two architectures (e.g. with and without QuickGELU) keys two caches."""
     open_clip = _open_clip()
-    known = open_clip.list_models()
-    if arch not in known:
-        near = difflib.get_close_matches(arch, known, n=5)
-        raise CptError(f"--backbone {PREFIX}{arch}: open_clip has no architecture {arch!r}"
-                       f"{' (close: ' + ', '.join(near) + ')' if near else ''}. `python -c \"import open_clip; "
-                       "print(open_clip.list_models())\"` lists them.")
-    check_tokenizer(arch)
+    check_architecture(arch)
     weights = _weights(arch, pretrained, cache_dir)
     # a tag goes to open_clip as a tag: it carries the weights' preprocessing and activation (QuickGELU)
     source = str(weights) if Path(pretrained).expanduser().is_file() else pretrained
