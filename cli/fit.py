@@ -127,6 +127,22 @@ def _relaunch(devices: int, given: dict[str, Any], resume: Path | None, overwrit
         raise typer.Exit(code)
 
 
+def fit_arguments(args: list[str], command_name: str) -> dict[str, Any]:
+    """The `cpt fit` options among `args` (flags and values as typed), parsed as `cpt fit` parses
+    them: for a command that passes them on to its runs (`cpt sweep`)."""
+    single = typer.Typer()
+    single.command("fit")(fit_command())
+    try:
+        ctx = typer.main.get_command(single).make_context(command_name, list(args))
+    except Exception as exc:  # the usage errors of the click Typer carries (no unknown options, bad values)
+        if not hasattr(exc, "format_message"):
+            raise
+        raise CptError(f"{command_name}: {exc.format_message().rstrip('.')}. It passes the options of `cpt fit` on to "
+                       "every run (`cpt fit --help` lists them).") from exc
+    given = {k: v for k, v in ctx.params.items() if ctx.get_parameter_source(k).name == "COMMANDLINE"}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in given.items() if k not in CONTROLS}
+
+
 def fit_command() -> Callable[..., None]:
     """The `cpt fit` callback, its signature built from every declaration registered now."""
     wrapped = command(run_fit, distributed=True)

@@ -5,9 +5,11 @@ from typing import Annotated, Optional
 
 import typer
 from cpt_cli.app import app, command, emit_json
+from cpt_cli.fit import RUN_FIELDS, fit_arguments
 
 from cpt.console import console
 from cpt.errors import CptError
+from cpt.options import flag
 from cpt.plan import FitRequest
 from cpt.sweep import gather, parse_shard, sweep
 
@@ -32,7 +34,20 @@ def _once(values: list, option: str) -> list:
 GATHER_ALONE = {"gather_out", "json_out", "quiet"}  # --gather reads the rest from OUT/sweep.json
 
 
-@app.command("sweep", epilog="""Examples:
+PER_RUN = {"method": "--methods", "seed": "--seeds", "out": "--out", "shots": "--shots", "known_ratio": "--known-ratios"}
+
+
+def _passed_on(args: list[str]) -> tuple[dict, dict]:
+    """The `cpt fit` options given to the sweep for every run: (run settings, other options)."""
+    given = fit_arguments(args, "cpt sweep")
+    mine = [k for k in given if k in PER_RUN]
+    if mine:
+        raise CptError(f"cpt sweep sets {flag(mine[0])} per run; give {PER_RUN[mine[0]]} instead.")
+    settings = {k: v for k, v in given.items() if k in RUN_FIELDS}
+    return settings, {k: v for k, v in given.items() if k not in RUN_FIELDS}
+
+
+@app.command("sweep", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, epilog="""Examples:
 
   cpt sweep --tasks toy --backbone toy --methods zeroshot,linear-probe,coop --out runs/toy-table
 
@@ -43,6 +58,8 @@ GATHER_ALONE = {"gather_out", "json_out", "quiet"}  # --gather reads the rest fr
   cpt sweep --tasks toy --backbone toy --out runs/toy-table --shard $SLURM_ARRAY_TASK_ID/4   # sbatch --array=1-4
 
   cpt sweep --tasks shape=DIR,colour=DIR --backbone toy --methods zeroshot,coop,kgcoop --shots 16 --protocol base2new --out runs/b2n
+
+  cpt sweep --tasks shape=DIR --backbone toy --methods coop,kgcoop --crop-scale 1.0 --preset kgcoop-paper --out runs/k   # any cpt fit option, for the runs it applies to
 
   cpt sweep --gather runs/toy-table
 """)
@@ -70,6 +87,7 @@ def sweep_cmd(
     if gather_out is not None:
         given = [p.opts[0] for p in context.command.params
                  if p.name not in GATHER_ALONE and context.get_parameter_source(p.name).name != "DEFAULT"]
+        given += [a for a in context.args if a.startswith("--")]
         if given:
             raise CptError(f"--gather takes the sweep's options from {gather_out / 'sweep.json'}; give it alone (with "
                            f"--json or --quiet at most), without {', '.join(given)}.")
@@ -79,8 +97,10 @@ def sweep_cmd(
             raise CptError("cpt sweep needs --tasks and --out (e.g. --tasks toy --out runs/toy-table), or --gather OUT "
                            "to gather a sweep whose shards have run.")
         part = parse_shard(shard) if shard is not None else None
-        options = {k: v for k, v in {"epochs": epochs, "ctx_init": ctx_init}.items() if v is not None}
-        base = FitRequest(tasks=tasks, backbone=backbone, pretrained=pretrained, device=device, options=options)
+        settings, options = _passed_on(context.args)
+        options |= {k: v for k, v in {"epochs": epochs, "ctx_init": ctx_init}.items() if v is not None}
+        base = FitRequest(**settings, tasks=tasks, backbone=backbone, pretrained=pretrained, device=device,
+                          options=options)
         ratios = _numbers(known_ratios, "--known-ratios", float) if known_ratios else None
         outcome = sweep(base, _once([m.strip() for m in methods.split(",") if m.strip()], "--methods"),
                         _numbers(shots, "--shots"), _numbers(seeds, "--seeds"), out, ratios, part, protocol)

@@ -163,6 +163,7 @@ def sweep(base: FitRequest, methods: list[str], shots: list[int], seeds: list[in
     kind = task_kind(base)[0]
     if protocol not in PROTOCOLS:
         raise CptError(f"--protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}.")
+    _check_passed_on(base, methods, kind)
     if protocol == "base2new":
         base = _base2new(base, methods, kind)
     if kind.name == "retrieval":
@@ -211,6 +212,26 @@ def gather(out: Path) -> pd.DataFrame:
     return _gather(out, record, runs, kind)
 
 
+def _check_passed_on(base: FitRequest, methods: list[str], kind: TaskKind) -> None:
+    """Refuse a --preset or an option that none of the sweep's methods takes: it would change nothing."""
+    classes = [method_class(parse_method(label, kind)[0]) for label in methods]
+    if base.preset and not any(base.preset in cls.presets for cls in classes):
+        raise CptError(f"--preset {base.preset} is a preset of none of the sweep's methods ({', '.join(methods)}); "
+                       "`cpt methods NAME` lists a method's presets.")
+    unused = [k for k in base.options if not any(k in applicable(cls, kind) for cls in classes)]
+    if unused:
+        raise CptError(f"{flag(unused[0])} is an option of none of the sweep's methods ({', '.join(methods)}) on "
+                       f"{kind.name} tasks; `cpt methods NAME` lists a method's options.")
+
+
+def _for_method(base: FitRequest, method: str, kind: TaskKind, **changes: Any) -> FitRequest:
+    """The sweep's request for one method: the options it takes, and the --preset if it is one of its own."""
+    cls = method_class(method)
+    own = {k: v for k, v in base.options.items() if k in applicable(cls, kind)}
+    preset = base.preset if base.preset in cls.presets else None
+    return replace(base, method=method, preset=preset, options={**own, **changes.pop("options", {})}, **changes)
+
+
 def _base2new(base: FitRequest, methods: list[str], kind: TaskKind) -> FitRequest:
     """The sweep's request on the tasks' base classes, once every method is known to carry over to
     classes it never saw (refused before any run starts otherwise)."""
@@ -219,8 +240,7 @@ def _base2new(base: FitRequest, methods: list[str], kind: TaskKind) -> FitReques
     request = replace(base, options={**base.options, "classes": "base"})
     for label in methods:
         name, switches = parse_method(label, kind)
-        own = {k: v for k, v in request.options.items() if k in applicable(method_class(name), kind)}
-        cfg = plan(replace(request, method=name, options={**own, **switches})).method_config
+        cfg = plan(_for_method(request, name, kind, options=switches)).method_config
         if not method_class(name).transfers(cfg):
             raise CptError(f"--protocol base2new: {label} learns weights for each class, so it cannot classify the new "
                            "classes; leave it out (zeroshot, coop, kgcoop, maple and softcpt carry over).")
@@ -233,14 +253,12 @@ def _runs(base: FitRequest, methods: list[str], kind: TaskKind, values: list, se
     runs = []
     for label in methods:
         method, switches = parse_method(label, kind)
-        shared = {k: v for k, v in base.options.items() if k in applicable(method_class(method), kind)}
         for value in values:
             for seed in seeds:
                 run = out / f"{label}-{axis_stem(kind.axis, value)}-seed{seed}"
-                options = {**shared, kind.axis: value, **switches}
-                runs.append(SweepRun(label, value, seed, replace(base, method=method, seed=seed, out=str(run),
-                                                                 options=options),
-                                     base.options.get("classes") == "base"))
+                request = _for_method(base, method, kind, seed=seed, out=str(run),
+                                      options={kind.axis: value, **switches})
+                runs.append(SweepRun(label, value, seed, request, base.options.get("classes") == "base"))
     return runs
 
 

@@ -49,6 +49,29 @@ def test_sweep_gathers_and_reuses_runs(tiny_clip, colours, tmp_path):
     assert code == 2 and "--shots" in err
 
 
+def test_sweep_passes_fit_options_and_presets_to_the_runs_they_apply_to(tiny_clip, colours, tmp_path):
+    common = ["sweep", "--tasks", f"colours={colours}", "--backbone", tiny_clip, "--methods", "zeroshot,coop",
+              "--shots", "1", "--seeds", "1", "--quiet"]
+    code, _, err = cli(*common, "--epochs", "2", "--crop-scale", "1.0", "--n-ctx", "4", "--preset", "coop-paper",
+                       "--out", tmp_path / "sw")
+    assert code == 0, err
+    coop = json.loads((tmp_path / "sw" / "coop-1shot-seed1" / "config.json").read_text())
+    assert coop["request"]["options"] == {"epochs": 2, "crop_scale": 1.0, "n_ctx": 4, "shots": 1}
+    assert coop["request"]["preset"] == "coop-paper" and coop["resolved"]["preset"]["name"] == "coop-paper"
+    assert coop["resolved"]["train"]["epochs"] == 2 and coop["resolved"]["method"]["n_ctx"] == 4
+    zeroshot = json.loads((tmp_path / "sw" / "zeroshot-1shot-seed1" / "config.json").read_text())
+    assert zeroshot["request"]["options"] == {"shots": 1} and zeroshot["request"]["preset"] is None
+
+    for extra, said in ((["--seed", "3"], "sets --seed per run; give --seeds"),
+                        (["--nope", "1"], "No such option: --nope"),
+                        (["--lr", "abc"], "Invalid value for '--lr'"),
+                        (["--kg-weight", "2"], "--kg-weight is an option of none of the sweep's methods"),
+                        (["--preset", "kgcoop-paper"], "--preset kgcoop-paper is a preset of none")):
+        code, _, err = cli(*common, *extra, "--out", tmp_path / "refused")
+        assert code == 2 and said in " ".join(err.split()), (extra, err)
+        assert not (tmp_path / "refused").exists()
+
+
 def test_known_ratio_sweep_with_ablations(tiny_clip, tmp_path):
     args = ["sweep", "--tasks", "toy-ml", "--backbone", tiny_clip, "--methods", "zeroshot,scpnet+no-self-training",
             "--known-ratios", "0.2,0.6", "--seeds", "1", "--epochs", "1", "--out", tmp_path, "--quiet"]
