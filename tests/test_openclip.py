@@ -157,7 +157,7 @@ def test_fit_and_torchscript_export(tiny_openclip, colours, tmp_path):
 def test_eval_prior_and_sweep_take_pretrained(tiny_openclip, colours, tmp_path):
     backbone = ["--backbone", f"openclip:{ARCH}", "--pretrained", tiny_openclip]
     code, out, err = cli("eval", f"openclip:{ARCH}", "--pretrained", tiny_openclip, "--data", colours / "test",
-                         "--json", "--quiet")  # a backbone zero-shot
+                         "--out", tmp_path / "eval", "--json", "--quiet")  # a backbone zero-shot
     assert code == 0, err
     zero_shot = fit_json("--method", "zeroshot", "--tasks", f"colours={colours}", *backbone, "--out", tmp_path / "zs")
     accuracy = {m["metric"]: m["value"] for m in json.loads(out)["metrics"]}["accuracy"]
