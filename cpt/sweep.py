@@ -179,6 +179,8 @@ def sweep(base: FitRequest, methods: list[str], shots: list[int], seeds: list[in
     shard = _rank_shard(shard)
     base = replace(base, device=dist.local_device(base.device))
     runs = _runs(base, methods, kind, values, seeds, out)
+    for label in methods:  # every method's options checked (ranges, combinations) before the first run starts
+        plan(next(r.request for r in runs if r.label == label))
     spec = _spec(base, methods, axis, values, seeds)
     if protocol != "standard":  # standard sweeps keep the spec (and the id) they had before protocols existed
         spec["protocol"] = protocol

@@ -228,7 +228,7 @@ def test_custom_text_and_other_tokenizers_are_refused(tiny_openclip, tmp_path):
     with pytest.raises(CptError, match="separate module"):
         check_text_tower(open_clip.model.CustomTextCLIP(**TINY), "X")
     name = register(tmp_path, "cpt-test-whitespace", variant(tokenizer_kwargs={"clean": "whitespace"}))
-    with pytest.raises(CptError, match="not OpenAI's CLIP BPE"):
+    with pytest.raises(CptError, match="not with OpenAI's CLIP BPE"):
         check_tokenizer(name)
     hf = register(tmp_path, "cpt-test-hf", variant(hf_tokenizer_name="some/hub-tokenizer"))
     with pytest.raises(CptError, match="Hugging Face tokenizer some/hub-tokenizer"):  # refused without transformers

@@ -65,6 +65,7 @@ def test_sweep_passes_fit_options_and_presets_to_the_runs_they_apply_to(tiny_cli
     for extra, said in ((["--seed", "3"], "sets --seed per run; give --seeds"),
                         (["--nope", "1"], "No such option: --nope"),
                         (["--lr", "abc"], "Invalid value for '--lr'"),
+                        (["--crop-scale", "2"], "--crop-scale 2 is out of range"),  # checked before zeroshot runs
                         (["--kg-weight", "2"], "--kg-weight is an option of none of the sweep's methods"),
                         (["--preset", "kgcoop-paper"], "--preset kgcoop-paper is a preset of none")):
         code, _, err = cli(*common, *extra, "--out", tmp_path / "refused")

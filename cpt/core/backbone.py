@@ -165,7 +165,7 @@ def download_error(what: str, where: Path, exc: BaseException, instead: str) -> 
     """The one-paragraph error for weights that could not be downloaded."""
     return CptError(
         f"Could not download {what}: no network ({exc}). cpt looks for its weights in {where}; copy the file "
-        f"there (or set --cache-dir), or {instead}."
+        f"there (or point --clip-cache at it), or {instead}."
     )
 
 

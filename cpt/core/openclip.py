@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -115,9 +116,9 @@ def check_tokenizer(arch: str) -> None:
 
 
 def _refuse_tokenizer(arch: str, what: str) -> None:
-    raise CptError(f"OpenCLIP {arch} tokenizes with {what}, not OpenAI's CLIP BPE (same vocabulary and text "
-                   "cleaning), which cpt's prompts are built from. Choose a model with the CLIP tokenizer (the "
-                   "ViT-*, RN*, convnext_* and EVA* families).")
+    raise CptError(f"OpenCLIP {arch} tokenizes with {what}, not with OpenAI's CLIP BPE, whose vocabulary and text "
+                   "cleaning cpt's prompts are built from. Choose a model with the CLIP tokenizer (the ViT-*, RN*, "
+                   "convnext_* and EVA* families).")
 
 
 def check_architecture(arch: str, option: str = "--backbone") -> None:
@@ -154,6 +155,9 @@ def _weights(arch: str, pretrained: str | None, cache_dir: str | None) -> Path:
         raise CptError(f"--pretrained {pretrained} is neither an existing checkpoint file nor a pretrained tag of "
                        f"OpenCLIP {arch} ({listed}).")
     cfg = open_clip.get_pretrained_cfg(arch, pretrained)
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # its retry warnings, twice each offline, would bury the one message below
     try:
         return Path(open_clip.download_pretrained(cfg, cache_dir=cache_dir))
     except OSError as exc:  # URLError, connection and timeout errors, the hub's "not in the cache"
@@ -162,6 +166,8 @@ def _weights(arch: str, pretrained: str | None, cache_dir: str | None) -> Path:
         where = Path(cache_dir) if cache_dir else Path(huggingface_hub.constants.HF_HUB_CACHE)
         raise download_error(f"OpenCLIP {arch} weights {pretrained!r}", where, exc,
                              "pass the checkpoint file with --pretrained FILE") from exc
+    finally:
+        hub_log.setLevel(level)
 
 
 def _preprocess(model: nn.Module, arch: str) -> Preprocess:
