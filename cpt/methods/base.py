@@ -198,6 +198,20 @@ class GradientMethod(Method, torch.nn.Module):
         and keeps any state it carries across batches the same on every rank.
         """
 
+    def batch_rows(self, data: TaskData, rows: Tensor, classes: Tensor | None,
+                   share: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """This process's part of a task's batch on the device: the cached views' features, the
+        targets (positions among `classes` when classes are sampled) and `classes`."""
+        if share is not None:
+            rows = rows[share]
+        device = self.backbone.device
+        feats = data.train_views[rows[:, 0], rows[:, 1]].to(device)
+        targets = data.targets[rows[:, 0]]
+        if classes is not None:  # single-label: positions among the sampled classes
+            targets = torch.searchsorted(classes, targets)
+            classes = classes.to(device)
+        return feats, targets.to(device), classes
+
     def state(self) -> dict[str, Tensor]:
         return {k: v.detach().cpu() for k, v in self.state_dict().items()}
 
@@ -215,23 +229,18 @@ class PromptMethod(GradientMethod):
     def class_weights(self, task: int, classes: Tensor | None = None) -> Tensor:
         """Normalised class embeddings (n_cls, dim) of task `task` (or of its `classes`), differentiable."""
 
-    def logits(self, features: Tensor, task: int, classes: Tensor | None = None) -> Tensor:
-        """Training logits (n, n_cls) for image features of one task, over all or the given classes."""
-        weight = self.class_weights(task, classes).float()
-        return self.logit_scale() * F.normalize(features.float(), dim=-1) @ weight.T
+    def prompt_term(self, task: int, weight: Tensor, classes: Tensor | None) -> Tensor | float:
+        """A term on the batch's class embeddings `weight` (of `classes`, or all) added to each
+        image's loss (KgCoOp's); none by default."""
+        return 0.0
 
     def batch_loss(self, data: TaskData, task: int, rows: Tensor, classes: Tensor | None, epoch: int,
                    gen: torch.Generator, share: Tensor | None = None) -> Tensor:
-        if share is not None:
-            rows = rows[share]
-        device = self.backbone.device
-        feats = data.train_views[rows[:, 0], rows[:, 1]].to(device)
-        targets = data.targets[rows[:, 0]]
-        if classes is not None:  # single-label: positions among the sampled classes
-            targets = torch.searchsorted(classes, targets)
-            classes = classes.to(device)
+        feats, targets, classes = self.batch_rows(data, rows, classes, share)
+        weight = self.class_weights(task, classes).float()  # encoded once, for the logits and the term
+        logits = self.logit_scale() * F.normalize(feats.float(), dim=-1) @ weight.T
         # summed over the task's images (the train loop normalises, see `task_mean`)
-        return data.kind.loss(self.logits(feats, task, classes).float(), targets.to(device))
+        return data.kind.loss(logits, targets) + len(targets) * self.prompt_term(task, weight, classes)
 
     @torch.no_grad()
     def classifiers(self) -> list[Classifier]:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from cpt.core.backbone import Backbone
 from cpt.core.prompt import ctx_init_option, n_ctx_option
 from cpt.core.templates import DEFAULT_TEMPLATE, resolve_templates, template_embeddings
-from cpt.methods.base import Preset, TaskData, preset_table
+from cpt.methods.base import Preset, preset_table
 from cpt.methods.coop import FP16, PAPER_TRAINING, CoOp, CoOpConfig
 from cpt.methods.registry import register
 from cpt.options import option
@@ -80,22 +79,8 @@ class KgCoOp(CoOp):
         self.anchors = [template_embeddings(backbone, names, cfg.kg_template).to(backbone.device)
                         for names in classnames]
 
-    def batch_loss(self, data: TaskData, task: int, rows: Tensor, classes: Tensor | None, epoch: int,
-                   gen: torch.Generator, share: Tensor | None = None) -> Tensor:
-        """CoOp's summed loss plus `kg_weight` x the term per image, so that the train loop's mean
-        over the task's images gives the authors' CE + W * term; the class features are encoded
-        once for both, and the term covers the classes the logits do."""
-        if share is not None:
-            rows = rows[share]
-        device = self.backbone.device
-        feats = data.train_views[rows[:, 0], rows[:, 1]].to(device)
-        targets = data.targets[rows[:, 0]]
-        anchors = self.anchors[task]
-        if classes is not None:  # single-label: positions among the sampled classes
-            targets = torch.searchsorted(classes, targets)
-            classes = classes.to(device)
-            anchors = anchors[classes]
-        weight = self.class_weights(task, classes)  # (n_cls, dim)
-        logits = self.logit_scale() * F.normalize(feats.float(), dim=-1) @ weight.T
-        loss = data.kind.loss(logits, targets.to(device))
-        return loss + len(rows) * self.cfg.kg_weight * knowledge_term(weight, anchors)
+    def prompt_term(self, task: int, weight: Tensor, classes: Tensor | None) -> Tensor:
+        """`kg_weight` x the knowledge-guided term over the classes the logits cover: added per image,
+        so the train loop's mean over the task's images gives the authors' CE + W * term."""
+        anchors = self.anchors[task] if classes is None else self.anchors[task][classes]
+        return self.cfg.kg_weight * knowledge_term(weight, anchors)

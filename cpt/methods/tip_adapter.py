@@ -213,18 +213,14 @@ class TipAdapterF(TipAdapterBase, GradientMethod):
 
     def batch_loss(self, data: TaskData, task: int, rows: Tensor, classes: Tensor | None, epoch: int,
                    gen: torch.Generator, share: Tensor | None = None) -> Tensor:
-        if share is not None:
-            rows = rows[share]
+        feats, targets, classes = self.batch_rows(data, rows, classes, share)
+        x = F.normalize(feats.float(), dim=-1)
         device = self.backbone.device
-        x = F.normalize(data.train_views[rows[:, 0], rows[:, 1]].to(device).float(), dim=-1)
-        targets = data.targets[rows[:, 0]].to(device)
         text, values = self.text[task].to(device), self.values[task].to(device)
-        if classes is not None:  # positions among the sampled classes
-            targets = torch.searchsorted(classes.to(device), targets)
+        if classes is not None:
             text, values = text[classes], values[:, classes]
-        alpha, beta = self.cfg.tip_alpha, self.cfg.tip_beta
-        affinity = x @ self.key_params[task].T
-        logits = self.logit_scale() * x @ text.T + alpha * torch.exp(-beta * (1 - affinity)) @ values
+        cache = KeyValueCache(self.key_params[task], values, self.cfg.tip_alpha, self.cfg.tip_beta)
+        logits = self.logit_scale() * x @ text.T + cache.logits(x)
         return F.cross_entropy(logits, targets, reduction="sum")
 
     def state(self) -> dict[str, Tensor]:
